@@ -1,0 +1,76 @@
+"""The training loop: learns, raises on NaN, and a killed run resumes to the same weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitrun.engine import Interrupted
+from vitrun.engine.device import place
+from vitrun.engine.loop import LoopSettings, decay_groups, train
+from vitrun.store import StageDir
+
+SETTINGS = LoopSettings(steps=12, warmup_steps=2, schedule="linear", grad_clip=1.0, log_every=2, checkpoint_seconds=0.0)
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.2), nn.GELU(), nn.Linear(16, 3))
+
+
+def _batch_at(step):
+    gen = torch.Generator().manual_seed(step)
+    x = torch.randn(32, 8, generator=gen)
+    return x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+
+
+def _run(tmp_path, name, on_step=None, model=None, settings=SETTINGS):
+    model = model or _model()
+    optimizer = torch.optim.AdamW(decay_groups(model, 0.1), lr=0.05)
+    sd = StageDir(tmp_path / name)
+    sd.path.mkdir(parents=True, exist_ok=True)
+    summary = train(model, optimizer, _batch_at, F.cross_entropy, settings, place("cpu"), sd, seed=0, on_step=on_step)
+    return model, summary, sd
+
+
+def test_learns_and_logs(tmp_path):
+    _, summary, sd = _run(tmp_path, "a")
+    rows = [json.loads(line) for line in sd.metrics_file.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert summary["steps"] == 12
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    straight, _, _ = _run(tmp_path, "straight")
+
+    def kill_at_7(step, loss):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match="stopped at step 7"):
+        _run(tmp_path, "killed", on_step=kill_at_7)
+    assert (tmp_path / "killed" / "checkpoint.pt").is_file()
+    resumed, _, sd = _run(tmp_path, "killed", model=_model())
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    steps = [json.loads(line)["step"] for line in sd.metrics_file.read_text().splitlines()]
+    assert steps == [2, 4, 6, 8, 10, 12], "no log line lost or repeated across the resume"
+
+
+def test_nan_loss_raises(tmp_path):
+    model = _model()
+    with torch.no_grad():
+        model[0].weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="loss became nan at step 0"):
+        _run(tmp_path, "nan", model=model)
+
+
+def test_weight_decay_only_on_kernels():
+    decay, plain = decay_groups(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), 0.1)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])]
+    assert len(plain["params"]) == 3 and plain["weight_decay"] == 0.0

@@ -1,0 +1,113 @@
+"""The real CLI, end to end on a tiny recipe: run, skip on re-run, report, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from tests.tiny import TINY
+from vitrun.cli import main
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One real run of the tiny recipe, shared by the tests that read its results."""
+    folder = tmp_path_factory.mktemp("run")
+    recipe = folder / "tiny.toml"
+    recipe.write_text(TINY)
+    results = folder / "results"
+    result = _invoke("recipe", str(recipe), "--results", str(results))
+    assert result.exit_code == 0, result.output
+    return recipe, results, result.output
+
+
+def test_run_prints_report(finished_run):
+    _, results, output = finished_run
+    assert "transfer" in output and "ViT-Mu/4" in output and "R14x0.25" in output
+    stages = list((results / "tiny").glob("*/stage.json"))
+    assert len(stages) == 20
+    record = json.loads(next(iter((results / "tiny").glob("finetune-*/stage.json"))).read_text())
+    assert record["status"] == "done" and 0.0 <= record["metrics"]["accuracy"] <= 1.0
+    assert {"config", "parents", "wall_time_s", "flops", "device", "versions"} <= set(record)
+    assert record["versions"]["vitrun"] and record["flops"] > 0
+
+
+def test_rerun_skips_everything(finished_run):
+    recipe, results, _ = finished_run
+    result = _invoke("recipe", str(recipe), "--results", str(results))
+    assert result.exit_code == 0
+    assert "20 of 20 stages already done" in result.output
+    assert "Running" not in result.output
+
+
+def test_report_json_matches_records(finished_run):
+    _, results, _ = finished_run
+    result = _invoke("report", "--results", str(results), "--format", "json")
+    doc = json.loads(result.output)
+    assert doc["experiment"] == "tiny"
+    (table,) = doc["tables"]
+    records = [json.loads(p.read_text()) for p in (results / "tiny").glob("finetune-*/stage.json")]
+    vit_16 = [r["metrics"]["accuracy"] for r in records if r["config"]["model"]["name"] == "ViT-Mu/4" and r["config"]["pretrain"]["size"] == 16]
+    row = table["index"].index("ViT-Mu/4")
+    col = table["columns"].index(16)
+    assert table["data"][row][col] == pytest.approx(round(100 * sum(vit_16) / len(vit_16), 1))
+
+
+@pytest.mark.parametrize("fmt,marker", [("markdown", "|"), ("csv", ","), ("latex", "\\begin{tabular}")])
+def test_report_formats(finished_run, fmt, marker):
+    _, results, _ = finished_run
+    result = _invoke("report", "--results", str(results), "--format", fmt)
+    assert result.exit_code == 0 and marker in result.output
+
+
+def test_report_out_writes_tables_and_figures(finished_run, tmp_path):
+    _, results, _ = finished_run
+    result = _invoke("report", "--results", str(results), "--format", "csv", "--out", str(tmp_path))
+    assert result.exit_code == 0
+    assert list((tmp_path / "tiny").glob("*.csv")) and list((tmp_path / "tiny").glob("*.png"))
+
+
+def test_dry_run_shows_status_and_writes_nothing(finished_run, tmp_path):
+    recipe, results, _ = finished_run
+    result = _invoke("recipe", str(recipe), "--results", str(results), "--dry-run", "--set", "finetune.lr=0.03")
+    assert result.exit_code == 0
+    assert "done" in result.output and "todo" in result.output and "FLOPs" in result.output
+    fresh = tmp_path / "fresh"
+    assert _invoke("recipe", str(recipe), "--results", str(fresh), "--dry-run").exit_code == 0
+    assert not fresh.exists()
+
+
+def test_bad_recipe_exits_2_and_writes_nothing(write_recipe, tmp_path):
+    path = write_recipe(TINY.replace("steps = 6", "steps = -6"))
+    results = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "vitrun.cli", "recipe", str(path), "--results", str(results)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pretrain.steps" in lines[0] and "Traceback" not in proc.stderr
+    assert not results.exists()
+
+
+def test_ls_cp_validate(tmp_path):
+    assert "quickstart" in _invoke("ls").output
+    assert _invoke("cp", "quickstart", str(tmp_path)).exit_code == 0
+    copied = tmp_path / "quickstart.toml"
+    assert copied.is_file()
+    assert _invoke("cp", "quickstart", str(tmp_path)).exit_code == 2, "never overwrite"
+    result = _invoke("validate", str(copied))
+    assert result.exit_code == 0 and "valid" in result.output
+
+
+def test_help_imports_neither_torch_nor_pandas():
+    """`vitrun --help` must answer at once: the heavy libraries load inside commands."""
+    code = "import sys; from vitrun.cli import main; assert 'torch' not in sys.modules and 'pandas' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    proc = subprocess.run([sys.executable, "-m", "vitrun.cli", "--help"], check=True, capture_output=True, text=True)
+    assert "vitrun recipe quickstart" in proc.stdout

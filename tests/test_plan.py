@@ -1,0 +1,68 @@
+"""Planning: content-addressed keys, shared pre-training, shards."""
+
+from __future__ import annotations
+
+from tests.tiny import TINY
+from vitrun.plan import plan, shard
+from vitrun.recipe import load
+
+
+def _stages(write_recipe, text=TINY, overrides=()):
+    return plan(load(str(write_recipe(text)), overrides).variants)
+
+
+def test_counts_and_order(write_recipe):
+    stages = _stages(write_recipe)
+    kinds = [s.kind for s in stages]
+    # 2 models × 2 sizes pre-trainings, each feeding 2 datasets × (finetune + one fewshot)
+    assert kinds.count("pretrain") == 4 and kinds.count("finetune") == 8 and kinds.count("fewshot") == 8
+    seen = set()
+    for stage in stages:
+        assert set(stage.parents) <= seen, "a parent must come before its children"
+        seen.add(stage.key)
+
+
+def test_same_config_same_key(write_recipe):
+    a = [s.key for s in _stages(write_recipe)]
+    b = [s.key for s in _stages(write_recipe)]
+    assert a == b
+    assert len(set(a)) == len(a)
+
+
+def test_changed_config_changes_only_affected_keys(write_recipe):
+    base = {s.key for s in _stages(write_recipe)}
+    ft = _stages(write_recipe, overrides=["finetune.lr=0.03"])
+    changed = [s for s in ft if s.key not in base]
+    assert changed and all(s.kind == "finetune" for s in changed), "only fine-tuning stages depend on finetune.lr"
+    pre = _stages(write_recipe, overrides=["pretrain.lr=0.002"])
+    assert not ({s.key for s in pre} & base), "a new pre-training changes every key below it"
+
+
+def test_run_settings_do_not_change_keys(write_recipe):
+    base = [s.key for s in _stages(write_recipe)]
+    assert [s.key for s in _stages(write_recipe, overrides=["run.log_every=1", 'run.device="cpu"'])] == base
+
+
+def test_one_pretraining_feeds_all_transfer_stages(write_recipe):
+    stages = _stages(write_recipe)
+    pretrain_keys = {s.key for s in stages if s.kind == "pretrain"}
+    for stage in stages:
+        if stage.kind != "pretrain":
+            assert len(stage.parents) == 1 and stage.parents[0] in pretrain_keys
+
+
+def test_adding_a_dataset_adds_only_new_stages(write_recipe):
+    base = {s.key for s in _stages(write_recipe)}
+    more = _stages(write_recipe, TINY.replace("[sweep]", '[[transfer]]\ndata = "digits"\nname = "digits-again"\n\n[sweep]'))
+    new = [s for s in more if s.key not in base]
+    assert len(new) == 8 and {s.data for s in new} == {"digits-again"}
+
+
+def test_shards_partition_and_keep_trees_together(write_recipe):
+    stages = _stages(write_recipe)
+    parts = [shard(stages, i, 3) for i in (1, 2, 3)]
+    keys = [s.key for part in parts for s in part]
+    assert sorted(keys) == sorted(s.key for s in stages)
+    for part in parts:
+        mine = {s.key for s in part}
+        assert all(set(s.parents) <= mine for s in part)

@@ -1,0 +1,259 @@
+"""The `vitrun` command: parse, call the library, render with rich.
+
+Heavy imports (torch, pandas) happen inside commands, so `vitrun --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_USAGE = 2  # bad input: recipe, report spec, arguments
+EXIT_FAILED = 1  # a stage failed while running
+EXIT_INTERRUPTED = 130
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
+    _console(stderr=True).print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, markup=True)
+    sys.exit(code)
+
+
+def _parse_shard(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        index, count = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise click.BadParameter("expected I/N, e.g. --shard 2/4") from None
+    if not 1 <= index <= count:
+        raise click.BadParameter(f"shard {index} of {count} does not exist: use 1 ≤ I ≤ N")
+    return index, count
+
+
+results_option = click.option("--results", "results", default="results", show_default=True, type=click.Path(file_okay=False), help="Results directory (one folder per experiment).")
+set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. --set pretrain.steps=50 or --set 'pretrain.size=[500]' (a list for a swept key replaces its values). Repeatable.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="vitrun")
+def main():
+    """Reproduce "An Image is Worth 16x16 Words" (ViT, arXiv 2010.11929) from TOML recipes.
+
+    \b
+    Start here:
+      vitrun ls                          built-in recipes
+      vitrun recipe quickstart           run one (CPU, a few minutes), print its tables
+      vitrun recipe quickstart --dry-run the plan: stages, status, estimated FLOPs
+      vitrun cp quickstart my.toml       copy a recipe to edit, then: vitrun recipe my.toml
+      vitrun report --format markdown    tables from everything under results/
+    """
+
+
+@main.command("recipe")
+@click.argument("recipe")
+@results_option
+@set_option
+@click.option("--dry-run", is_flag=True, help="Print the plan (kind, model, data, size, status, FLOPs) and run nothing.")
+@click.option("--shard", callback=_parse_shard, metavar="I/N", help="Run only shard I of N (1-based); independent jobs sharing --results merge with no extra step.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), envvar="VITRUN_CACHE", help="Where generated datasets are cached [env VITRUN_CACHE; default ~/.cache/vitrun].")
+def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir):
+    """Run RECIPE (a path, or a built-in name such as `quickstart`) and print its report.
+
+    The recipe's [sweep] expands into stages (pre-train → fine-tune / few-shot). Finished
+    stages are skipped, a killed run resumes from its checkpoint, and adding a dataset or
+    sweep value runs only the new stages.
+    """
+    from vitrun import plan as planning
+    from vitrun.recipe import RecipeError, load
+    from vitrun.store import Store
+
+    try:
+        loaded = load(recipe, overrides)
+    except RecipeError as err:
+        _fail(str(err))
+    stages = planning.plan(loaded.variants)
+    if shard:
+        stages = planning.shard(stages, *shard)
+    store = Store(results)
+    console = _console()
+    if dry_run:
+        console.print(_plan_table(loaded.name, stages, store))
+        return
+    from vitrun.engine import Interrupted
+    from vitrun.runner import StageFailed, run_plan
+
+    try:
+        summary = run_plan(loaded, stages, store, console, cache_dir)
+    except StageFailed as err:
+        _fail(str(err), EXIT_FAILED)
+    except Interrupted as err:  # training checkpointed before stopping
+        _fail(f"interrupted: {err}", EXIT_INTERRUPTED)
+    except KeyboardInterrupt:  # Ctrl-C between stages: finished stages are already saved
+        _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
+    if summary.ran:
+        console.print(f"Ran {len(summary.ran)} stages; results in {store.root / loaded.name}")
+    _print_report(store, [loaded.name], "table", None, console)
+
+
+@main.command("report")
+@results_option
+@click.option("--experiment", help="Only this experiment (a folder under --results). Default: every experiment.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "latex", "json"]), default="table", show_default=True, help="table: rich tables in the terminal; json: {experiment, tables: [{name, index, columns, data}]}.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Also write each table (in --format) and a PNG figure of it under DIR/<experiment>/.")
+def report_cmd(results, experiment, fmt, out_dir):
+    """Rebuild the tables (and figures) of finished stages under --results.
+
+    Each experiment's tables come from its recipe's [report] section; an experiment
+    without one gets mean accuracy per model and pre-training size for each stage kind.
+    """
+    from vitrun.store import Store
+
+    store = Store(results)
+    names = [experiment] if experiment else store.experiments()
+    if experiment and experiment not in store.experiments():
+        hint = ", ".join(store.experiments()) or "none yet: run `vitrun recipe quickstart`"
+        _fail(f"{results}: no finished stages for experiment {experiment!r} (experiments: {hint})")
+    if not names:
+        _fail(f"{results}: no results yet; run a recipe first, e.g. `vitrun recipe quickstart`")
+    _print_report(store, names, fmt, out_dir, _console())
+
+
+@main.command("ls")
+def ls_cmd():
+    """List the built-in recipes, one line each."""
+    from vitrun.recipe import builtin_recipes
+
+    console = _console()
+    for path in builtin_recipes():
+        console.print(f"[cyan]{path.stem:<20}[/cyan] {_first_comment(path)}")
+
+
+@main.command("cp")
+@click.argument("name")
+@click.argument("dest", type=click.Path(dir_okay=True))
+def cp_cmd(name, dest):
+    """Copy built-in recipe NAME to DEST (a file or a folder) to edit it."""
+    from vitrun.recipe import BUILTIN_DIR, builtin_recipes
+
+    source = BUILTIN_DIR / f"{name.removesuffix('.toml')}.toml"
+    if not source.is_file():
+        import difflib
+
+        close = difflib.get_close_matches(name, [p.stem for p in builtin_recipes()], n=1)
+        _fail(f"{name}: no built-in recipe of that name{f' (did you mean {close[0]!r}?)' if close else ''}; `vitrun ls` lists them")
+    target = Path(dest)
+    if target.is_dir():
+        target = target / source.name
+    if target.exists():
+        _fail(f"{target}: already exists; choose another DEST or remove it first")
+    shutil.copyfile(source, target)
+    _console().print(f"Copied {source.stem} to {target}; run it with `vitrun recipe {target}`")
+
+
+@main.command("validate")
+@click.argument("recipe")
+@set_option
+def validate_cmd(recipe, overrides):
+    """Check RECIPE without running anything: exit 0 if valid, else one line and exit 2."""
+    from vitrun import plan as planning
+    from vitrun.recipe import RecipeError, load
+
+    try:
+        loaded = load(recipe, overrides)
+    except RecipeError as err:
+        _fail(str(err))
+    stages = planning.plan(loaded.variants)
+    counts = {k: sum(s.kind == k for s in stages) for k in planning.KINDS}
+    detail = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    _console().print(f"[green]valid[/green]: {loaded.path} — {len(loaded.variants)} variants, {len(stages)} stages ({detail})")
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+def _first_comment(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        text = line.lstrip("#").strip()
+        if line.startswith("#") and text:
+            return text
+    return ""
+
+
+def _plan_table(experiment: str, stages, store):
+    from rich.table import Table
+
+    from vitrun.stages import training_flops
+
+    table = Table(title=f"Plan for {experiment}: {len(stages)} stages", title_justify="left", header_style="bold")
+    for name, justify in (("kind", "left"), ("model", "left"), ("data", "left"), ("size", "right"), ("status", "left"), ("est. FLOPs", "right"), ("key", "left")):
+        table.add_column(name, justify=justify, style="dim" if name == "key" else None)
+    colours = {"done": "green", "partial": "yellow", "todo": "white"}
+    total = 0.0
+    for stage in stages:
+        status = store.stage(experiment, stage.key).status()
+        flops = training_flops(stage)
+        total += flops if status != "done" else 0.0
+        data = stage.data + (f" {stage.config['fewshot']['shots']}-shot" if stage.kind == "fewshot" else "")
+        table.add_row(stage.kind, stage.model, data, str(stage.size or "all"), f"[{colours[status]}]{status}[/]", f"{flops:.2e}" if flops else "–", stage.key)
+    table.caption = f"to run: {total:.2e} FLOPs (training; evaluation not counted)"
+    return table
+
+
+def _print_report(store, experiments, fmt, out_dir, console) -> None:
+    import json
+
+    from vitrun import report
+    from vitrun.schema import TableSpec
+
+    documents = []
+    for name in experiments:
+        frame = report.load_frame(store, name)
+        saved = store.recipe(name) or {}
+        specs = [TableSpec(**t) for t in saved.get("report", {}).get("tables", [])] or report.default_tables(frame)
+        try:
+            tables = report.build_tables(frame, specs)
+        except report.ReportError as err:
+            _fail(f"{saved.get('path', name)}: {err}")
+        documents.append(report.to_json(name, tables))
+        if fmt == "table":
+            console.print(f"[bold]{name}[/bold]" if len(experiments) > 1 else "")
+            for table in tables:
+                console.print(report.rich_table(table))
+        elif fmt != "json":
+            click.echo("\n".join(report.render_text(t, fmt) for t in tables))
+        if out_dir:
+            _write_outputs(Path(out_dir) / name, tables, fmt, documents[-1])
+    if fmt == "json":
+        click.echo(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
+
+
+def _write_outputs(folder: Path, tables, fmt, document) -> None:
+    import json
+
+    from vitrun import report
+    from vitrun.store import write_atomic
+
+    for table in tables:
+        stem = folder / report.slug(table.name)
+        if fmt == "json":
+            text = json.dumps(report.to_json(document["experiment"], [table]), indent=2)
+        elif fmt == "table":
+            text = table.frame.to_string()
+        else:
+            text = report.render_text(table, fmt)
+        write_atomic(stem.with_suffix("." + report.EXTENSIONS[fmt]), text.encode())
+        report.save_figure(table, stem.with_suffix(".png"))
+    # stderr: stdout may be carrying --format json to another program
+    _console(stderr=True).print(f"[dim]wrote {len(tables)} tables (.{report.EXTENSIONS[fmt]}) and figures (.png) to {folder}[/dim]")
+
+
+if __name__ == "__main__":
+    main()

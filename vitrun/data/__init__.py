@@ -1,0 +1,115 @@
+"""Data sources that need no network, as in-memory uint8 image sets.
+
+``load(source, image_size=...)`` returns a ``Dataset`` (train and test ``ImageSet``s):
+
+* ``fractal``: FractalDB-style pre-training set, one random IFS per class (``fractal.py``);
+* ``digits``: scikit-learn's 8x8 handwritten digits, upsampled (``digits.py``);
+* ``shapes``: ten procedurally drawn geometric shapes on textured backgrounds (``shapes.py``).
+
+Generated sets are cached as .npz files (``cache.py``); class-balanced subsets, k-shot
+sets and hold-out splits come from ``sampling.py``; batch augmentation from ``augment.py``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from vitrun.data import digits, fractal, shapes
+from vitrun.data.cache import cache_root, cached_generate
+from vitrun.data.imageset import Dataset, ImageSet
+from vitrun.data.sampling import k_shot
+
+__all__ = ["SOURCES", "Dataset", "ImageSet", "load"]
+
+SOURCES: dict[str, str] = {
+    "fractal": "FractalDB-style IFS fractals, any number of classes and images (generated, pre-training)",
+    "digits": "scikit-learn handwritten digits, 10 classes, 1198 train / 599 test (real, transfer)",
+    "shapes": "10 geometric shapes on textured backgrounds (generated, transfer)",
+}
+
+_GENERATORS: dict[str, ModuleType] = {"fractal": fractal, "shapes": shapes}
+
+
+def load(
+    source: str,
+    *,
+    image_size: int,
+    seed: int = 0,
+    classes: int | None = None,
+    per_class: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> Dataset:
+    """Load an embedded source with images of ``image_size`` x ``image_size`` (uint8).
+
+    classes, per_class: for generators, how many classes and train images per class to make
+    (defaults: the generator's); test images per class are fixed by the generator. For
+    digits, keep the first ``classes`` classes and ``per_class`` seeded train images of each
+    (ValueError past what exists).
+    seed: generators draw everything from it; digits uses it only to pick ``per_class`` images.
+    cache_dir: where generated sets are cached; default $VITRUN_CACHE or ~/.cache/vitrun.
+    """
+    if source not in SOURCES:
+        close = difflib.get_close_matches(source, SOURCES, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(SOURCES))}"
+        raise ValueError(f"unknown data source {source!r} ({hint})")
+    if not isinstance(image_size, int) or image_size < 4:
+        raise ValueError(f"image_size must be an integer >= 4, got {image_size!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    for name, value in (("classes", classes), ("per_class", per_class)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if source == "digits":
+        return _load_digits(image_size, seed, classes, per_class)
+    return _load_generated(source, image_size, seed, classes, per_class, cache_dir)
+
+
+def _class_major(images: np.ndarray, names: tuple[str, ...]) -> ImageSet:
+    """ImageSet from uint8 (classes, per_class, 3, H, W): labels 0,0,...,1,1,..."""
+    c, n = images.shape[:2]
+    labels = torch.arange(c, dtype=torch.int64).repeat_interleave(n)
+    return ImageSet(torch.from_numpy(images.reshape(c * n, *images.shape[2:])), labels, names)
+
+
+def _load_generated(source, image_size, seed, classes, per_class, cache_dir) -> Dataset:
+    gen = _GENERATORS[source]
+    classes = gen.DEFAULT_CLASSES if classes is None else classes
+    per_class = gen.DEFAULT_PER_CLASS if per_class is None else per_class
+    if source == "shapes" and classes > len(shapes.SHAPES):
+        raise ValueError(f"shapes has {len(shapes.SHAPES)} classes, asked for {classes}")
+    train, test = cached_generate(
+        cache_root(cache_dir),
+        f"{source}-v{gen.VERSION}-seed{seed}-px{image_size}",
+        image_size,
+        classes,
+        per_class,
+        gen.TEST_PER_CLASS,
+        lambda c, n: gen.generate(seed, image_size, c, n),
+    )
+    names = gen.class_names(classes)
+    return Dataset(source, _class_major(train, names), _class_major(test, names))
+
+
+def _load_digits(image_size, seed, classes, per_class) -> Dataset:
+    train, test = digits.load_split(image_size)
+    if classes is not None:
+        if classes > len(digits.CLASSES):
+            raise ValueError(f"digits has {len(digits.CLASSES)} classes, asked for {classes}")
+        train, test = _first_classes(train, classes), _first_classes(test, classes)
+    if per_class is not None:
+        available = int(torch.bincount(train.labels).min())
+        if per_class > available:
+            raise ValueError(f"digits has {available} train images in its smallest class, asked for {per_class}")
+        train = train.subset(k_shot(train.labels, per_class, seed))
+    return Dataset("digits", train, test)
+
+
+def _first_classes(images: ImageSet, classes: int) -> ImageSet:
+    """The images of labels 0..classes-1, with the class list cut to match."""
+    keep = torch.nonzero(images.labels < classes).flatten()
+    return ImageSet(images.images[keep], images.labels[keep], images.classes[:classes])

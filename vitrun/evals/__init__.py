@@ -1,0 +1,1 @@
+"""Evaluations: few-shot linear (closed form) and classification accuracy."""

@@ -1,0 +1,225 @@
+"""BiT ResNet-v2 baselines and the hybrid's ResNet stem (arXiv 2010.11929, §4.1; BiT 1912.11370).
+
+Two bottleneck units, because the official code has two:
+
+* `PreActBottleneck` — the paper's ResNet baselines are BiT: pre-activation ResNet-v2
+  (GN → ReLU → conv, three times), Group Normalization and Weight-Standardised convolutions,
+  a final GN + ReLU before global average pooling.
+* `Bottleneck` — the hybrid's stem (official `vit_jax/models_resnet.py`) uses post-activation
+  units (conv → GN → ReLU; the shortcut projection has its own GN; ReLU after the sum) with the
+  last GroupNorm of each unit zero-initialised, so every unit starts as the identity.
+
+Both put the stride on the 3x3 conv. Parameter names follow the official checkpoints
+(`conv_root`, `gn_root`, `conv1..3`, `gn1..3`, `conv_proj`, `gn_proj`).
+
+Decisions written down:
+* Weight standardisation: (w − mean) / (std + 1e-5), as official ViT code (timm: 1e-8 inside
+  the sqrt; BiT's own code 1e-10 inside the sqrt — identical for any non-degenerate kernel).
+* GroupNorm groups = gcd(32, channels): 32 at every paper width (channels are multiples of 32
+  there), and still a divisor for the narrow CPU widths (R14x0.25: 16 channels → 16 groups).
+* GroupNorm eps: 1e-5 in BiT units (BiT code), 1e-6 in hybrid units (flax default, official).
+* BiT zero-initialises only the head (no GN closes a pre-activation branch to zero); the
+  hybrid zero-initialises each unit's last GN scale, as the official code.
+* Padding: BiT pads symmetrically (root: zero pad 1 + 3x3/2 max-pool, as BiT's code); the
+  hybrid uses TensorFlow "SAME" padding everywhere, as the official flax code, so that its
+  released weights see the same pixel alignment.
+* Conv weights start lecun-normal (flax's default); weight standardisation makes the scale moot.
+* The BiT head is a Linear on the pooled features (BiT/timm: a 1x1 conv; same parameters).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import ModelSpec
+
+WS_EPS = 1e-5
+
+
+# -- layers ----------------------------------------------------------------------------
+
+class StdConv2d(nn.Conv2d):
+    """Conv2d with Weight Standardisation (arXiv 1903.10520), no bias.
+
+    tf_same: pad like TensorFlow "SAME" (extra pixel at the end), computed per input size.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, tf_same: bool = False):
+        super().__init__(cin, cout, kernel, stride=stride, padding=0 if tf_same else kernel // 2, bias=False)
+        self.tf_same = tf_same
+        # lecun-normal, flax's default; the scale is moot once the kernel is standardised.
+        nn.init.trunc_normal_(self.weight, std=self.weight[0].numel() ** -0.5)
+
+    def standardized_weight(self) -> torch.Tensor:
+        w = self.weight  # (Cout, Cin, k, k)
+        flat = w.reshape(w.shape[0], -1)  # (Cout, Cin*k*k): statistics per output filter
+        flat = (flat - flat.mean(1, keepdim=True)) / (flat.std(1, unbiased=False, keepdim=True) + WS_EPS)
+        return flat.reshape_as(w)  # (Cout, Cin, k, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, Cin, H, W) -> (B, Cout, H', W')"""
+        if self.tf_same:
+            x = F.pad(x, _same_padding(x.shape[-2:], self.kernel_size[0], self.stride[0]))
+        return F.conv2d(x, self.standardized_weight(), None, self.stride, self.padding)
+
+
+def _same_padding(hw: tuple[int, int], kernel: int, stride: int) -> tuple[int, int, int, int]:
+    """TF "SAME": output = ceil(size / stride); the odd pixel of padding goes after."""
+    pads = []
+    for size in reversed(tuple(hw)):  # F.pad wants (left, right, top, bottom): width first
+        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+        pads += [total // 2, total - total // 2]
+    return tuple(pads)
+
+
+def group_norm(channels: int, eps: float) -> nn.GroupNorm:
+    # gcd(32, C): the paper's 32 groups whenever they divide C (see module docstring).
+    return nn.GroupNorm(math.gcd(32, channels), channels, eps=eps)
+
+
+# -- units -----------------------------------------------------------------------------
+
+class PreActBottleneck(nn.Module):
+    """BiT unit: x + conv3(relu(gn3(conv2(relu(gn2(conv1(relu(gn1(x))))))))), stride on conv2."""
+
+    def __init__(self, cin: int, cout: int, mid: int, stride: int):
+        super().__init__()
+        eps = 1e-5
+        self.gn1 = group_norm(cin, eps)
+        self.conv1 = StdConv2d(cin, mid, 1)
+        self.gn2 = group_norm(mid, eps)
+        self.conv2 = StdConv2d(mid, mid, 3, stride)
+        self.gn3 = group_norm(mid, eps)
+        self.conv3 = StdConv2d(mid, cout, 1)
+        # The projection reads the pre-activated input, as BiT (no GN of its own).
+        self.conv_proj = StdConv2d(cin, cout, 1, stride) if stride != 1 or cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, Cin, H, W) -> (B, Cout, H/stride, W/stride)"""
+        pre = F.relu(self.gn1(x))
+        shortcut = self.conv_proj(pre) if self.conv_proj is not None else x
+        y = self.conv1(pre)
+        y = self.conv2(F.relu(self.gn2(y)))
+        y = self.conv3(F.relu(self.gn3(y)))
+        return y + shortcut
+
+
+class Bottleneck(nn.Module):
+    """Hybrid (official ViT) unit: relu(gn3(conv3(...conv1(x))) + shortcut), stride on conv2."""
+
+    def __init__(self, cin: int, cout: int, mid: int, stride: int):
+        super().__init__()
+        eps = 1e-6
+        self.conv1 = StdConv2d(cin, mid, 1, tf_same=True)
+        self.gn1 = group_norm(mid, eps)
+        self.conv2 = StdConv2d(mid, mid, 3, stride, tf_same=True)
+        self.gn2 = group_norm(mid, eps)
+        self.conv3 = StdConv2d(mid, cout, 1, tf_same=True)
+        self.gn3 = group_norm(cout, eps)
+        nn.init.zeros_(self.gn3.weight)  # official: the unit starts as (projected) identity
+        if stride != 1 or cin != cout:
+            self.conv_proj = StdConv2d(cin, cout, 1, stride, tf_same=True)
+            self.gn_proj = group_norm(cout, eps)
+        else:
+            self.conv_proj = self.gn_proj = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, Cin, H, W) -> (B, Cout, ceil(H/stride), ceil(W/stride))"""
+        shortcut = self.gn_proj(self.conv_proj(x)) if self.conv_proj is not None else x
+        y = F.relu(self.gn1(self.conv1(x)))
+        y = F.relu(self.gn2(self.conv2(y)))
+        y = self.gn3(self.conv3(y))
+        return F.relu(y + shortcut)
+
+
+# -- trunk -----------------------------------------------------------------------------
+
+class ResNetTrunk(nn.Module):
+    """Root (7x7/2 conv + 3x3/2 max-pool) and stages; stage i has mid width base·2^i, output 4×.
+
+    preact=True: BiT (root without norm). preact=False: the hybrid stem (root GN + ReLU).
+    """
+
+    def __init__(self, blocks: tuple[int, ...], width_factor: float, preact: bool):
+        super().__init__()
+        base = int(round(64 * width_factor))
+        self.preact = preact
+        self.conv_root = StdConv2d(3, base, 7, 2, tf_same=not preact)
+        self.gn_root = None if preact else group_norm(base, 1e-6)
+        unit = PreActBottleneck if preact else Bottleneck
+        stages, cin = [], base
+        for i, n in enumerate(blocks):
+            mid = base * 2**i
+            units = [unit(cin if j == 0 else 4 * mid, 4 * mid, mid, stride=(1 if i == 0 or j > 0 else 2)) for j in range(n)]
+            stages.append(nn.Sequential(*units))
+            cin = 4 * mid
+        self.stages = nn.Sequential(*stages)
+        self.out_channels = cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) -> (B, C, H/s, W/s), s = 4 · 2^(stages − 1)"""
+        x = self.conv_root(x)  # (B, base, H/2, W/2)
+        if self.preact:
+            # BiT: zero padding then an unpadded pool (its code; no ReLU precedes it here).
+            x = F.max_pool2d(F.pad(x, (1, 1, 1, 1)), 3, 2)  # (B, base, H/4, W/4)
+        else:
+            x = F.relu(self.gn_root(x))
+            # "SAME" max-pool; after the ReLU, zero padding equals flax's -inf padding.
+            x = F.max_pool2d(F.pad(x, _same_padding(x.shape[-2:], 3, 2)), 3, 2)  # (B, base, H/4, W/4)
+        return self.stages(x)
+
+    def output_size(self, size: int) -> int:
+        """Feature-map side for a square input of `size` pixels (the hybrid's "SAME" trunk)."""
+        assert not self.preact, "only the hybrid needs its grid size in advance"
+        for _ in range(len(self.stages) + 1):  # root conv, pool, then /2 per stage after the first
+            size = math.ceil(size / 2)
+        return size
+
+
+# -- the BiT model ---------------------------------------------------------------------
+
+class ResNet(nn.Module):
+    """BiT ResNet-v2: trunk → GN → ReLU → global average pool → linear head."""
+
+    def __init__(self, spec: ModelSpec, num_classes: int, image_size: int):
+        super().__init__()
+        self.spec, self.num_classes, self.image_size = spec, num_classes, image_size
+        self.trunk = ResNetTrunk(spec.blocks, spec.width_factor, preact=True)
+        self.norm = group_norm(self.trunk.out_channels, 1e-5)
+        self.num_features = self.trunk.out_channels
+        self.head = _zero_linear(self.num_features, num_classes)
+
+    def representation(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) -> (B, C): pooled features after the final GN + ReLU."""
+        x = F.relu(self.norm(self.trunk(x)))  # (B, C, h, w)
+        return x.mean(dim=(2, 3))  # (B, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) in [-1, 1] -> logits (B, num_classes)"""
+        return self.head(self.representation(x))
+
+    def reset_head(self, num_classes: int) -> None:
+        """Fine-tuning: a new zero-initialised head (a ResNet has no pre-logits to drop)."""
+        self.head = _zero_linear(self.num_features, num_classes, like=self.head.weight)
+        self.num_classes = num_classes
+
+    def set_image_size(self, image_size: int) -> None:
+        """Convolutions take any size: only recorded."""
+        self.image_size = image_size
+
+
+def _zero_linear(fan_in: int, fan_out: int, like: torch.Tensor | None = None) -> nn.Linear:
+    """The head: zero weights and bias (official, both ViT and BiT), so training starts at uniform."""
+    kw = {} if like is None else {"device": like.device, "dtype": like.dtype}
+    head = nn.Linear(fan_in, fan_out, **kw)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def build_resnet(spec: ModelSpec, num_classes: int, image_size: int) -> ResNet:
+    return ResNet(spec, num_classes, image_size)

@@ -1,0 +1,240 @@
+"""TOML recipe → validated, sweep-expanded `Recipe` objects.
+
+Every problem is raised as one `RecipeError` line, `FILE: key.path: what is wrong
+(did you mean X?)`, before anything runs or is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import sys
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from vitrun.schema import ModelConfig, Recipe
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# Built-in recipes: the checkout's recipes/ (editable installs), else the copy installed as package data.
+_HERE = Path(__file__).resolve().parent
+BUILTIN_DIR = next((d for d in (_HERE.parent / "recipes", _HERE / "recipes") if d.is_dir()), _HERE / "recipes")
+# The sweep key "model" is short for "model.name": `model = ["ViT-B/16", "R50x1"]`.
+SWEEP_ALIASES = {"model": "model.name"}
+
+
+class RecipeError(Exception):
+    """A recipe problem, already phrased as the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    path: Path
+    name: str
+    raw: dict[str, Any]  # the file after --set overrides, sweep included
+    sweep: dict[str, list[Any]]  # canonical dotted key -> values
+    variants: list[Recipe]  # the Cartesian product of the sweep, validated
+
+
+def builtin_recipes() -> list[Path]:
+    return sorted(BUILTIN_DIR.glob("*.toml"))
+
+
+def resolve_path(name_or_path: str) -> Path:
+    """A path, or the name of a built-in recipe with or without `.toml`."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    stem = path.name[:-5] if path.name.endswith(".toml") else path.name
+    builtin = BUILTIN_DIR / f"{stem}.toml"
+    if path.parent == Path(".") and builtin.is_file():
+        return builtin
+    names = [p.stem for p in builtin_recipes()]
+    raise RecipeError(f"{name_or_path}: no such file or built-in recipe{_suggest(stem, names)}; `vitrun ls` lists the built-in ones")
+
+
+def load(name_or_path: str, overrides: typing.Sequence[str] = ()) -> LoadedRecipe:
+    path = resolve_path(name_or_path)
+    raw = _read_toml(path)
+    for item in overrides:
+        _apply_override(path, raw, item)
+    raw.setdefault("name", path.stem)
+    sweep = _read_sweep(path, raw)
+    body = {k: v for k, v in raw.items() if k != "sweep"}
+    variants = []
+    for values in itertools.product(*sweep.values()):
+        variant = copy.deepcopy(body)
+        for key, value in zip(sweep, values):
+            _set_dotted(variant, key.split("."), value)
+        variants.append(_validate(path, variant, sweep))
+    return LoadedRecipe(path=path, name=str(raw["name"]), raw=raw, sweep=sweep, variants=variants)
+
+
+# -- reading ---------------------------------------------------------------------------
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise RecipeError(f"{path}: cannot read the file ({err.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file (a recipe is UTF-8 TOML); start from `vitrun cp quickstart {path.name}`") from None
+    if not text.strip():
+        raise RecipeError(f"{path}: the file is empty; start from `vitrun cp quickstart {path.name}`")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"{path}: TOML syntax error: {err}") from None
+
+
+def _apply_override(path: Path, raw: dict[str, Any], item: str) -> None:
+    """`--set KEY=VALUE`: VALUE is read as TOML, else taken as a string."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RecipeError(f"--set {item}: expected KEY=VALUE, e.g. --set pretrain.steps=100")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    if key.startswith("sweep."):
+        raw.setdefault("sweep", {})[key[len("sweep."):]] = value
+        return
+    sweep = raw.get("sweep", {})
+    swept = [k for k in sweep if SWEEP_ALIASES.get(k, k) == SWEEP_ALIASES.get(key, key)]
+    if swept and isinstance(value, list):
+        sweep[swept[0]] = value  # a list for a swept key replaces the sweep's values
+        return
+    for k in swept:  # a single value fixes a swept key
+        del sweep[k]
+    _set_dotted(raw, SWEEP_ALIASES.get(key, key).split("."), value)
+
+
+def _read_sweep(path: Path, raw: dict[str, Any]) -> dict[str, list[Any]]:
+    sweep = raw.get("sweep", {})
+    if not isinstance(sweep, dict):
+        raise RecipeError(f"{path}: sweep: expected a table of dotted keys to lists, e.g. [sweep] seed = [0, 1]")
+    out: dict[str, list[Any]] = {}
+    for key, values in sweep.items():
+        canonical = SWEEP_ALIASES.get(key, key)
+        problem = _unknown_path(canonical.split("."))
+        if problem:
+            raise RecipeError(f"{path}: sweep.{key}: {problem}")
+        if not isinstance(values, list):
+            raise RecipeError(f"{path}: sweep.{key}: expected a list of values, e.g. {key} = [{values!r}]")
+        if not values:
+            raise RecipeError(f"{path}: sweep.{key}: the list is empty; give at least one value or remove the key")
+        if canonical in out:
+            raise RecipeError(f"{path}: sweep.{key}: swept twice (as {key!r} and as {canonical!r})")
+        out[canonical] = values
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], parts: list[str], value: Any) -> None:
+    for part in parts[:-1]:
+        child = tree.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"{'.'.join(parts)}: {part} is not a table")
+        tree = child
+    tree[parts[-1]] = value
+
+
+# -- validation ------------------------------------------------------------------------
+
+def _validate(path: Path, variant: dict[str, Any], sweep: dict[str, list[Any]]) -> Recipe:
+    try:
+        recipe = Recipe.model_validate(variant)
+    except ValidationError as err:
+        raise RecipeError(f"{path}: {_describe(err, sweep)}") from None
+    _check_sources(path, recipe)
+    return recipe
+
+
+def _check_sources(path: Path, recipe: Recipe) -> None:
+    from vitrun import data
+
+    checks = [("pretrain.data", recipe.pretrain.data)]
+    checks += [(f"transfer[{i}].data", t.data) for i, t in enumerate(recipe.transfer)]
+    for key, source in checks:
+        if source not in data.SOURCES:
+            raise RecipeError(f"{path}: {key}: unknown data source {source!r}{_suggest(source, list(data.SOURCES))}")
+
+
+def _describe(err: ValidationError, sweep: dict[str, list[Any]]) -> str:
+    first = err.errors(include_url=False)[0]
+    loc = [str(p) for p in first["loc"]]
+    where = _format_loc(first["loc"])
+    swept = next((k for k in sweep if where == k or where.startswith(k + ".")), None)
+    if swept:
+        where = f"sweep.{swept}"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        valid = _fields_at(loc[:-1])
+        return f"{where}: unknown key{_suggest(loc[-1], valid)}"
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    message = first["msg"].removeprefix("Value error, ")
+    if kind.endswith("_type") or kind == "literal_error":
+        message = f"{message}, got {first['input']!r}"
+    return f"{where}: {message}"
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _section_types() -> dict[str, type[BaseModel]]:
+    """Section name -> schema class, looking through Optional[...] and list[...]."""
+    out = {}
+    for name, field in Recipe.model_fields.items():
+        annotation = field.annotation
+        for arg in (annotation, *typing.get_args(annotation)):
+            for inner in (arg, *typing.get_args(arg)):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    out[name] = inner
+    return out
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    if not loc:
+        return list(Recipe.model_fields) + ["sweep"]
+    section = _section_types().get(loc[0])
+    return list(section.model_fields) if section else []
+
+
+def _unknown_path(parts: list[str]) -> str:
+    """Why a dotted sweep key names nothing in the schema ('' when it is fine)."""
+    top = parts[0]
+    if top not in Recipe.model_fields or top in ("sweep", "report", "run"):
+        valid = [k for k in Recipe.model_fields if k not in ("report", "run", "transfer")]
+        return f"unknown key{_suggest(top, valid)}"
+    section = _section_types().get(top)
+    if section is None:
+        return "" if len(parts) == 1 else f"{top} is not a table"
+    if top == "transfer":
+        return "the [[transfer]] list cannot be swept; list every dataset in it instead"
+    if len(parts) == 1:
+        return f"{top} is a table; sweep one of its keys, e.g. {top}.{next(iter(section.model_fields))}"
+    if section is ModelConfig:
+        return ""  # model options are checked by the model registry per variant
+    if parts[1] not in section.model_fields or len(parts) > 2:
+        return f"unknown key{_suggest('.'.join(parts), [f'{top}.{f}' for f in section.model_fields])}"
+    return ""
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
