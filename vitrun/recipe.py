@@ -196,23 +196,32 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The schema class inside an annotation, looking through Optional[...] and list[...]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found:
+            return found
+    return None
+
+
 def _section_types() -> dict[str, type[BaseModel]]:
-    """Section name -> schema class, looking through Optional[...] and list[...]."""
-    out = {}
-    for name, field in Recipe.model_fields.items():
-        annotation = field.annotation
-        for arg in (annotation, *typing.get_args(annotation)):
-            for inner in (arg, *typing.get_args(arg)):
-                if isinstance(inner, type) and issubclass(inner, BaseModel):
-                    out[name] = inner
-    return out
+    return {name: cls for name, field in Recipe.model_fields.items() if (cls := _model_in(field.annotation))}
 
 
 def _fields_at(loc: list[str]) -> list[str]:
-    if not loc:
-        return list(Recipe.model_fields) + ["sweep"]
-    section = _section_types().get(loc[0])
-    return list(section.model_fields) if section else []
+    """Valid keys of the table at `loc` (list indices skipped), for 'did you mean' hints."""
+    cls: type[BaseModel] | None = Recipe
+    for part in loc:
+        if part.isdigit() or cls is None:
+            continue
+        field = cls.model_fields.get(part)
+        cls = _model_in(field.annotation) if field else None
+    if cls is None:
+        return []
+    return list(cls.model_fields) + (["sweep"] if cls is Recipe else [])
 
 
 def _unknown_path(parts: list[str]) -> str:

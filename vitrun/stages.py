@@ -124,9 +124,18 @@ def _spec(cfg: dict[str, Any]) -> models.ModelSpec:
 
 
 def _pretrain_data(cfg: dict[str, Any], ctx: Context) -> data.Dataset:
+    """The pre-training pool: for generated sources just enough images per class for `size`.
+
+    Generated images are fixed by (data seed 0, class, index), so the pools of growing sizes
+    are nested; the run's seed changes initialisation and order, not the dataset.
+    """
     p = cfg["pretrain"]
     classes = p["classes"]
-    per_class = math.ceil(p["size"] / classes) if p["size"] and classes else None
+    generator = data.GENERATORS.get(p["data"])
+    per_class = None
+    if p["size"] and generator:
+        classes = classes or generator.DEFAULT_CLASSES
+        per_class = math.ceil(p["size"] / classes)
     return ctx.dataset(p["data"], p["image_size"], classes, per_class)
 
 

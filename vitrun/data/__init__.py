@@ -32,7 +32,7 @@ SOURCES: dict[str, str] = {
     "shapes": "10 geometric shapes on textured backgrounds (generated, transfer)",
 }
 
-_GENERATORS: dict[str, ModuleType] = {"fractal": fractal, "shapes": shapes}
+GENERATORS: dict[str, ModuleType] = {"fractal": fractal, "shapes": shapes}
 
 
 def load(
@@ -77,7 +77,7 @@ def _class_major(images: np.ndarray, names: tuple[str, ...]) -> ImageSet:
 
 
 def _load_generated(source, image_size, seed, classes, per_class, cache_dir) -> Dataset:
-    gen = _GENERATORS[source]
+    gen = GENERATORS[source]
     classes = gen.DEFAULT_CLASSES if classes is None else classes
     per_class = gen.DEFAULT_PER_CLASS if per_class is None else per_class
     if source == "shapes" and classes > len(shapes.SHAPES):
