@@ -111,3 +111,25 @@ def test_help_imports_neither_torch_nor_pandas():
     subprocess.run([sys.executable, "-c", code], check=True)
     proc = subprocess.run([sys.executable, "-m", "vitrun.cli", "--help"], check=True, capture_output=True, text=True)
     assert "vitrun recipe quickstart" in proc.stdout
+
+
+def test_shards_share_one_results_directory(write_recipe, tmp_path):
+    path = write_recipe(TINY.replace('"pretrain.size" = [16, 32]', '"pretrain.size" = [16]'))
+    results = tmp_path / "shared"
+    for part in ("1/2", "2/2"):
+        assert _invoke("recipe", str(path), "--results", str(results), "--shard", part).exit_code == 0
+    assert len(list((results / "tiny").glob("*/stage.json"))) == 10
+    again = _invoke("recipe", str(path), "--results", str(results))
+    assert "10 of 10 stages already done" in again.output
+    assert _invoke("recipe", str(path), "--shard", "3/2").exit_code == 2
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path):
+    """The README's first command: the built-in quickstart, a 3 × 3 table of accuracies."""
+    results = tmp_path / "results"
+    assert _invoke("recipe", "quickstart.toml", "--results", str(results)).exit_code == 0
+    doc = json.loads(_invoke("report", "--results", str(results), "--format", "json").output)
+    first = doc["tables"][0]
+    assert len(first["index"]) == 3 and len(first["columns"]) == 3
+    assert all(0 <= v <= 100 for row in first["data"] for v in row)

@@ -159,8 +159,8 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:80] or "table"
 
 
-def save_figure(table: Table, path: Path) -> bool:
-    """Line plot of a table: x = its columns, one line per row (Figure 4 style). False if not plottable."""
+def save_figure(table: Table, path: Path) -> None:
+    """Line plot of a table: x = its columns, one line per row (Figure 4 style)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,8 +178,8 @@ def save_figure(table: Table, path: Path) -> bool:
     numeric = xs != list(range(len(frame.columns)))
     if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
-    if not numeric:
-        ax.set_xticks(xs, [str(c) for c in frame.columns])
+        ax.minorticks_off()
+    ax.set_xticks(xs, [str(c) for c in frame.columns])  # label the measured points, not decades
     ax.set_xlabel(frame.columns.name or "")
     ax.set_ylabel(f"{table.spec.values}" + (" (%)" if table.spec.scale == 100 else ""))
     ax.set_title(table.name, fontsize=9)
@@ -189,4 +189,3 @@ def save_figure(table: Table, path: Path) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
-    return True

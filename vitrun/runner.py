@@ -43,7 +43,7 @@ def run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: C
         else:
             todo.append(stage)
     if summary.skipped:
-        console.print(f"[dim]{len(summary.skipped)} of {len(stages)} stages already done (skipped): results in {store.root / experiment}[/dim]")
+        console.print(f"[dim]{len(summary.skipped)} of {len(stages)} stages already done (skipped): results in {store.root / experiment}[/dim]", soft_wrap=True)
     store.write_recipe(experiment, _recipe_record(loaded))
     if not todo:
         return summary
@@ -83,7 +83,7 @@ def run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: C
                 sd.finish(_stage_record(stage, experiment, metrics, wall, training_flops(stage), placement.describe(), torch.__version__))
             summary.ran.append(stage.key)
             progress.advance(overall)
-            console.print(f"[green]✓[/green] {describe(stage)}  accuracy {metrics['accuracy']:.1%}  [dim]{wall:.1f}s[/dim]")
+            console.print(f"[green]✓[/green] {describe(stage)}  accuracy {metrics['accuracy']:.1%}  [dim]{wall:.1f}s[/dim]", soft_wrap=True)
     return summary
 
 
