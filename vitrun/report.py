@@ -168,14 +168,13 @@ def save_figure(table: Table, path: Path) -> None:
 
     frame = table.frame
     try:
-        xs = [float(c) for c in frame.columns]
+        xs, numeric = [float(c) for c in frame.columns], True
     except (TypeError, ValueError):
-        xs = list(range(len(frame.columns)))
+        xs, numeric = list(range(len(frame.columns))), False
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for index, row in frame.iterrows():
         label = " · ".join(map(str, index)) if isinstance(index, tuple) else str(index)
         ax.plot(xs, row.values, marker="o", label=label)
-    numeric = xs != list(range(len(frame.columns)))
     if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
         ax.minorticks_off()
