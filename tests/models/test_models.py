@@ -298,18 +298,18 @@ def test_registry_and_package_import_without_torch():
 
 # -- equivalence with timm (a test-only dependency) ------------------------------------------
 
-@pytest.mark.parametrize("classifier", ["token", "gap"])
-def test_vit_matches_timm(classifier):
+@pytest.mark.parametrize("classifier,fc_norm", [("token", False), ("gap", False), ("gap", True)])
+def test_vit_matches_timm(classifier, fc_norm):
     timm_vit = pytest.importorskip("timm.models.vision_transformer")
     torch.manual_seed(0)
     gap = classifier == "gap"
     reference = timm_vit.VisionTransformer(
         img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4.0, num_classes=10,
-        class_token=not gap, global_pool="avg" if gap else "token", fc_norm=False,
+        class_token=not gap, global_pool="avg" if gap else "token", fc_norm=fc_norm,
     ).eval()
     for p in reference.parameters():  # timm's head starts at zero too: make every weight count
         torch.nn.init.normal_(p, std=0.2)
-    ours = models.create("ViT-Mu/4", num_classes=10, image_size=32, classifier=classifier, pre_logits=False).eval()
+    ours = models.create("ViT-Mu/4", num_classes=10, image_size=32, classifier=classifier, pre_logits=False, fc_norm=fc_norm).eval()
     # Our parameter names are timm's; the mapping is the identity (checked key for key).
     state = reference.state_dict()
     assert set(state) == set(ours.state_dict())

@@ -51,7 +51,7 @@ CLASSIFIERS = ("token", "gap")
 # Only these exist today; Appendix D.4's "2d" and "relative" slot in beside them.
 POS_EMBEDS = ("1d", "none")
 
-_VIT_OPTIONS = ("width", "depth", "heads", "mlp", "patch", "classifier", "pos_embed", "pre_logits", "dropout")
+_VIT_OPTIONS = ("width", "depth", "heads", "mlp", "patch", "classifier", "pos_embed", "pre_logits", "dropout", "fc_norm")
 _RESNET_OPTIONS = ("blocks", "width_factor")
 OPTIONS: dict[str, tuple[str, ...]] = {
     "vit": _VIT_OPTIONS,
@@ -86,6 +86,9 @@ class ModelSpec:
     pos_embed: str | None = None  # "1d" (paper default) | "none"
     pre_logits: bool | None = None  # Dense(width)+tanh before the head, as in pre-training
     dropout: float | None = None  # after every dense except q/k/v, and after adding positions
+    # False (official): the final LayerNorm normalises every token, then the classifier pools.
+    # True (timm's GAP default): pool first, then a LayerNorm named `fc_norm`; for interop.
+    fc_norm: bool | None = None
     # ResNet (resnet, hybrid)
     blocks: tuple[int, ...] | None = None  # bottleneck units per stage (hybrid: after folding)
     width_factor: float | None = None  # channel multiplier: base = round(64 * width_factor)
@@ -116,6 +119,7 @@ class ModelSpec:
         _check(self.classifier in CLASSIFIERS, self.name, f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
         _check(self.pos_embed in POS_EMBEDS, self.name, f"pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
         _check(isinstance(self.pre_logits, bool), self.name, f"pre_logits must be true or false, got {self.pre_logits!r}")
+        _check(isinstance(self.fc_norm, bool), self.name, f"fc_norm must be true or false, got {self.fc_norm!r}")
         _check(_is_number(self.dropout) and 0 <= self.dropout < 1, self.name, f"dropout must be in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "dropout", float(self.dropout))
 
@@ -225,6 +229,7 @@ def _transformer(name: str, size: str) -> dict[str, Any]:
         # recipes set it; the official model configs' per-model 0.1 (L/16, H/14, R50+B/16) is
         # not copied here.
         "dropout": 0.0,
+        "fc_norm": False,
     }
 
 

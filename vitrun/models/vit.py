@@ -124,7 +124,9 @@ class VisionTransformer(nn.Module):
         self.pos_embed = self._new_pos_embed()
         self.pos_drop = nn.Dropout(spec.dropout)
         self.blocks = nn.Sequential(*[Block(D, spec.heads, spec.mlp, spec.dropout) for _ in range(spec.depth)])
-        self.norm = nn.LayerNorm(D, eps=LN_EPS)
+        # fc_norm moves the final LayerNorm after pooling (timm's layout for GAP models).
+        self.norm = nn.Identity() if spec.fc_norm else nn.LayerNorm(D, eps=LN_EPS)
+        self.fc_norm = nn.LayerNorm(D, eps=LN_EPS) if spec.fc_norm else nn.Identity()
         self.pre_logits = nn.Sequential(OrderedDict(fc=nn.Linear(D, D), act=nn.Tanh())) if spec.pre_logits else nn.Identity()
         self.head = _zero_linear(D, num_classes)
         self._init_weights()
@@ -158,7 +160,7 @@ class VisionTransformer(nn.Module):
     # -- forward pieces ----------------------------------------------------------------
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) -> (B, prefix + gh*gw, D), after the final LayerNorm."""
+        """x: (B, 3, H, W) -> (B, prefix + gh*gw, D), after the final LayerNorm (unless fc_norm)."""
         x = self.patch_embed(x)  # (B, D, gh, gw)
         x = x.flatten(2).transpose(1, 2)  # (B, gh*gw, D): patches in row-major order
         if self.cls_token is not None:
@@ -180,7 +182,8 @@ class VisionTransformer(nn.Module):
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, N, D) -> (B, D): the class token, or the mean of all tokens ("gap")."""
-        return x[:, 0] if self.spec.classifier == "token" else x.mean(dim=1)
+        pooled = x[:, 0] if self.spec.classifier == "token" else x.mean(dim=1)
+        return self.fc_norm(pooled)
 
     def representation(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W) -> (B, D): pre-logits output if present, else the pooled features."""
