@@ -89,3 +89,37 @@ def test_builtin_recipes_all_validate():
     assert paths, "no built-in recipes found: the glob checked nothing"
     for path in paths:
         assert load(path.stem).variants
+
+
+SWEEP_UNION = TINY.replace('''[sweep]
+model = ["ViT-Mu/4", "R14x0.25"]
+"pretrain.size" = [16, 32]''', '''[[sweep]]
+model = ["ViT-Mu/4", "R14x0.25"]
+"pretrain.size" = [16]
+
+[[sweep]]
+model = ["ViT-Mu/4"]
+"pretrain.size" = [16, 32]''')
+
+
+def test_sweep_tables_are_a_union_of_products(write_recipe):
+    loaded = load(str(write_recipe(SWEEP_UNION)))
+    combos = [(v.model.name, v.pretrain.size) for v in loaded.variants]
+    # (ViT-Mu/4, 16) is in both products and appears once
+    assert combos == [("ViT-Mu/4", 16), ("R14x0.25", 16), ("ViT-Mu/4", 32)]
+
+
+def test_set_reaches_every_sweep_table(write_recipe):
+    path = str(write_recipe(SWEEP_UNION))
+    assert [v.seed for v in load(path, ["sweep.seed=[0, 1]"]).variants] == [0, 1, 0, 1, 0, 1]
+    fixed = load(path, ["pretrain.size=8"])
+    assert [(v.model.name, v.pretrain.size) for v in fixed.variants] == [("ViT-Mu/4", 8), ("R14x0.25", 8)]
+    replaced = load(path, ["pretrain.size=[64]"])
+    assert {v.pretrain.size for v in replaced.variants} == {64}
+
+
+def test_sweep_table_errors_name_the_table(write_recipe):
+    with pytest.raises(RecipeError, match=r"sweep\[1\]\.pretrain\.size: Input should be greater than 0"):
+        load(str(write_recipe(SWEEP_UNION.replace('"pretrain.size" = [16, 32]', '"pretrain.size" = [16, -1]'))))
+    with pytest.raises(RecipeError, match=r"sweep\[0\]\.pretrain\.sise: unknown key"):
+        load(str(write_recipe(SWEEP_UNION.replace('"pretrain.size" = [16]', '"pretrain.sise" = [16]'))))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import json
 import sys
 import typing
 from dataclasses import dataclass
@@ -40,8 +41,8 @@ class LoadedRecipe:
     path: Path
     name: str
     raw: dict[str, Any]  # the file after --set overrides, sweep included
-    sweep: dict[str, list[Any]]  # canonical dotted key -> values
-    variants: list[Recipe]  # the Cartesian product of the sweep, validated
+    sweeps: list[dict[str, list[Any]]]  # one per [sweep] table: canonical dotted key -> values
+    variants: list[Recipe]  # the union of each sweep table's Cartesian product, validated
 
 
 def builtin_recipes() -> list[Path]:
@@ -67,15 +68,19 @@ def load(name_or_path: str, overrides: typing.Sequence[str] = ()) -> LoadedRecip
     for item in overrides:
         _apply_override(path, raw, item)
     raw.setdefault("name", path.stem)
-    sweep = _read_sweep(path, raw)
+    sweeps = _read_sweeps(path, raw)
     body = {k: v for k, v in raw.items() if k != "sweep"}
-    variants = []
-    for values in itertools.product(*sweep.values()):
-        variant = copy.deepcopy(body)
-        for key, value in zip(sweep, values):
-            _set_dotted(variant, key.split("."), value)
-        variants.append(_validate(path, variant, sweep))
-    return LoadedRecipe(path=path, name=str(raw["name"]), raw=raw, sweep=sweep, variants=variants)
+    variants, seen = [], set()
+    for label, sweep in sweeps:
+        for values in itertools.product(*sweep.values()):
+            variant = copy.deepcopy(body)
+            for key, value in zip(sweep, values):
+                _set_dotted(variant, key.split("."), value)
+            fingerprint = json.dumps(variant, sort_keys=True, default=str)
+            if fingerprint not in seen:  # [[sweep]] tables may overlap: each variant once
+                seen.add(fingerprint)
+                variants.append(_validate(path, variant, sweep, label))
+    return LoadedRecipe(path=path, name=str(raw["name"]), raw=raw, sweeps=[s for _, s in sweeps], variants=variants)
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -107,35 +112,59 @@ def _apply_override(path: Path, raw: dict[str, Any], item: str) -> None:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text
+    tables = _sweep_tables(raw)
     if key.startswith("sweep."):
-        raw.setdefault("sweep", {})[key[len("sweep."):]] = value
+        for table in tables or [raw.setdefault("sweep", {})]:  # a sweep key joins every [[sweep]] table
+            table[key[len("sweep."):]] = value
         return
-    sweep = raw.get("sweep", {})
-    swept = [k for k in sweep if SWEEP_ALIASES.get(k, k) == SWEEP_ALIASES.get(key, key)]
-    if swept and isinstance(value, list):
-        sweep[swept[0]] = value  # a list for a swept key replaces the sweep's values
-        return
-    for k in swept:  # a single value fixes a swept key
-        del sweep[k]
-    _set_dotted(raw, SWEEP_ALIASES.get(key, key).split("."), value)
+    canonical = SWEEP_ALIASES.get(key, key)
+    replaced = False
+    for table in tables:
+        for k in [k for k in table if SWEEP_ALIASES.get(k, k) == canonical]:
+            if isinstance(value, list):
+                table[k] = value  # a list for a swept key replaces the sweep's values
+                replaced = True
+            else:
+                del table[k]  # a single value fixes a swept key
+    if not replaced:
+        _set_dotted(raw, canonical.split("."), value)
 
 
-def _read_sweep(path: Path, raw: dict[str, Any]) -> dict[str, list[Any]]:
+def _sweep_tables(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The recipe's sweep tables: `[sweep]` is one, `[[sweep]]` a list of them."""
     sweep = raw.get("sweep", {})
-    if not isinstance(sweep, dict):
-        raise RecipeError(f"{path}: sweep: expected a table of dotted keys to lists, e.g. [sweep] seed = [0, 1]")
+    if isinstance(sweep, dict):
+        return [sweep] if sweep else []
+    return [t for t in sweep if isinstance(t, dict)] if isinstance(sweep, list) else []
+
+
+def _read_sweeps(path: Path, raw: dict[str, Any]) -> list[tuple[str, dict[str, list[Any]]]]:
+    """(label, {canonical key: values}) per sweep table; one empty table when there is no sweep.
+
+    `[sweep]` is one Cartesian product; `[[sweep]]` (an array of tables) is the union of
+    several, for grids with holes such as the paper's Table 8.
+    """
+    sweep = raw.get("sweep", {})
+    if isinstance(sweep, dict):
+        return [("sweep", _read_sweep_table(path, "sweep", sweep))]
+    if not isinstance(sweep, list) or not sweep or not all(isinstance(t, dict) for t in sweep):
+        raise RecipeError(f"{path}: sweep: expected a table of dotted keys to lists, e.g. [sweep] seed = [0, 1], or [[sweep]] tables")
+    return [(f"sweep[{i}]", _read_sweep_table(path, f"sweep[{i}]", t)) for i, t in enumerate(sweep)]
+
+
+def _read_sweep_table(path: Path, label: str, sweep: dict[str, Any]) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for key, values in sweep.items():
         canonical = SWEEP_ALIASES.get(key, key)
         problem = _unknown_path(canonical.split("."))
         if problem:
-            raise RecipeError(f"{path}: sweep.{key}: {problem}")
+            raise RecipeError(f"{path}: {label}.{key}: {problem}")
         if not isinstance(values, list):
-            raise RecipeError(f"{path}: sweep.{key}: expected a list of values, e.g. {key} = [{values!r}]")
+            raise RecipeError(f"{path}: {label}.{key}: expected a list of values, e.g. {key} = [{values!r}]")
         if not values:
-            raise RecipeError(f"{path}: sweep.{key}: the list is empty; give at least one value or remove the key")
+            raise RecipeError(f"{path}: {label}.{key}: the list is empty; give at least one value or remove the key")
         if canonical in out:
-            raise RecipeError(f"{path}: sweep.{key}: swept twice (as {key!r} and as {canonical!r})")
+            raise RecipeError(f"{path}: {label}.{key}: swept twice (as {key!r} and as {canonical!r})")
         out[canonical] = values
     return out
 
@@ -151,11 +180,11 @@ def _set_dotted(tree: dict[str, Any], parts: list[str], value: Any) -> None:
 
 # -- validation ------------------------------------------------------------------------
 
-def _validate(path: Path, variant: dict[str, Any], sweep: dict[str, list[Any]]) -> Recipe:
+def _validate(path: Path, variant: dict[str, Any], sweep: dict[str, list[Any]], label: str = "sweep") -> Recipe:
     try:
         recipe = Recipe.model_validate(variant)
     except ValidationError as err:
-        raise RecipeError(f"{path}: {_describe(err, sweep)}") from None
+        raise RecipeError(f"{path}: {_describe(err, sweep, label)}") from None
     _check_sources(path, recipe)
     return recipe
 
@@ -170,13 +199,13 @@ def _check_sources(path: Path, recipe: Recipe) -> None:
             raise RecipeError(f"{path}: {key}: unknown data source {source!r}{_suggest(source, list(data.SOURCES))}")
 
 
-def _describe(err: ValidationError, sweep: dict[str, list[Any]]) -> str:
+def _describe(err: ValidationError, sweep: dict[str, list[Any]], label: str) -> str:
     first = err.errors(include_url=False)[0]
     loc = [str(p) for p in first["loc"]]
     where = _format_loc(first["loc"])
     swept = next((k for k in sweep if where == k or where.startswith(k + ".")), None)
     if swept:
-        where = f"sweep.{swept}"
+        where = f"{label}.{swept}"
     kind = first["type"]
     if kind == "extra_forbidden":
         valid = _fields_at(loc[:-1])
