@@ -4,6 +4,7 @@
     create("ViT-B/16", num_classes=10, image_size=224) -> nn.Module
     build(spec, num_classes, image_size)                -> nn.Module
     load_resampled(model, state_dict)                   -> loads a checkpoint of another resolution
+    describe(names)                                     -> Table 1 rows: sizes, parameters, FLOPs
 
 Every model has `spec`, `num_classes`, `image_size`, `forward(x)` (logits),
 `representation(x)` (few-shot features), `reset_head(n)` and `set_image_size(s, mode)`.
@@ -16,12 +17,13 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .flops import forward_flops
 from .registry import ModelSpec, names, spec
+from .summary import describe
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["ModelSpec", "spec", "names", "create", "build", "forward_flops", "load_resampled"]
+__all__ = ["ModelSpec", "spec", "names", "create", "build", "forward_flops", "load_resampled", "describe"]
 
 
 def create(name: str, num_classes: int, image_size: int, **overrides: Any) -> "nn.Module":
