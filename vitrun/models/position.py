@@ -7,7 +7,11 @@ Pure functions on position tensors; the parameters themselves live on the model 
   gets concat(X[x], Y[y]) (`grid_2d`); the class token has its own `pos_embed_cls` (L, 1, D),
   the 2-D counterpart of the 1d table's first row.
 * "relative" `blocks.i.attn.relative_pos` (2·gh·gw − 1 [+ 3], D/h): the paper's 1-D relative
-  attention (`relative_index`, `relative_bias`).
+  attention (`relative_index`, `relative_bias`). Decided where the paper is silent (reasons
+  below): one table per block, shared by the heads (Shaw et al. 2018); the bias is
+  q · a[p_q − p_k] / √(D/h); the class token reads three learned buckets of its own
+  (class → patch, patch → class, class → class). It acts in every block by construction, so
+  it takes only `pos_embed_at="stem"` (Table 8 reports it in that column only).
 
 L is the number of tables: 1 (added at the stem, or shared by every block) or depth.
 
