@@ -177,6 +177,42 @@ def validate_cmd(recipe, overrides):
     _console().print(f"[green]valid[/green]: {loaded.path} — {len(loaded.variants)} variants, {len(stages)} stages ({detail})")
 
 
+@main.command("models")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True, help="json: a list of objects {name, family, layers, width, mlp, heads, patch, blocks, params, tokens, image_size, gflops, gmacs}.")
+@click.option("--model", "model_names", multiple=True, metavar="NAME", help="Only this model, e.g. --model ViT-B/16 (any name the registry decodes, not only the listed ones). Repeatable.")
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(min=1), help="Resolution for the tokens and FLOPs columns.")
+def models_cmd(fmt, model_names, image_size):
+    """The paper's Table 1 for every registered model: layers, width, MLP, heads, parameters, tokens, FLOPs.
+
+    Counting every model takes a few seconds (each is built on torch's meta device).
+    """
+    import json
+
+    from vitrun.models import describe
+    from vitrun.models.summary import CAPTION
+
+    try:
+        rows = describe(list(model_names) or None, image_size)
+    except ValueError as err:
+        _fail(str(err))
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich import box
+    from rich.table import Table
+
+    # A light box and one space between columns keep the nine columns within 80 characters.
+    table = Table(title=f"Models at {image_size} px (arXiv 2010.11929, Table 1)", title_justify="left", header_style="bold",
+                  caption=CAPTION, caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=0)
+    columns = (("model", "name"), ("layers", "layers"), ("width", "width"), ("MLP", "mlp"), ("heads", "heads"), ("params", "params"), ("tokens", "tokens"), ("GFLOPs", "gflops"), ("GMACs", "gmacs"))
+    for header, _ in columns:
+        table.add_column(header, justify="left" if header == "model" else "right", no_wrap=True)
+    for row in rows:
+        cells = [row[key] for _, key in columns]
+        table.add_row(*("–" if v is None else f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else v for v in cells))
+    _console().print(table)
+
+
 # -- helpers ---------------------------------------------------------------------------
 
 def _first_comment(path: Path) -> str:

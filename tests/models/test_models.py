@@ -17,6 +17,8 @@ from vitrun import models
 from vitrun.models.registry import ModelSpec
 from vitrun.models.vit import resample_pos_embed
 
+from tests.models.reference import zoom_bilinear as _zoom_bilinear
+
 REPO = Path(__file__).resolve().parents[2]
 
 # One tiny member of each family (and each classifier), all on 32-px inputs.
@@ -110,24 +112,6 @@ def test_reset_head(name):
         models.build(model.spec, 5, 32).load_state_dict(model.state_dict())
 
 
-def _zoom_bilinear(grid: np.ndarray, new: tuple[int, int]) -> np.ndarray:
-    """Reference: bilinear resize, corners on corners (scipy.ndimage.zoom(order=1)). grid (h, w, D)."""
-    h, w, _ = grid.shape
-
-    def axis(n_old, n_new):
-        pos = np.arange(n_new) * (n_old - 1) / (n_new - 1)
-        lo = np.floor(pos).astype(int)
-        hi = np.minimum(lo + 1, n_old - 1)
-        return lo, hi, pos - lo
-
-    y0, y1, wy = axis(h, new[0])
-    x0, x1, wx = axis(w, new[1])
-    wy, wx = wy[:, None, None], wx[None, :, None]
-    top = grid[y0][:, x0] * (1 - wx) + grid[y0][:, x1] * wx
-    bottom = grid[y1][:, x0] * (1 - wx) + grid[y1][:, x1] * wx
-    return top * (1 - wy) + bottom * wy
-
-
 def test_set_image_size_resamples_pos_embed_in_2d():
     model = models.create("ViT-Mu/4", num_classes=10, image_size=32)
     old = model.pos_embed.detach().clone()  # (1, 1 + 8*8, 64)
@@ -173,33 +157,55 @@ def test_resample_pos_embed_same_grid_is_identity():
 
 # -- sizes ---------------------------------------------------------------------------------
 
-# timm's counts (1000-way head, no pre-logits), PAPER.md Table 1 and the BiT/hybrid rows.
-PARAMS = {
-    "ViT-Ti/16": 5_717_416,
-    "ViT-S/16": 22_050_664,
-    "ViT-B/16": 86_567_656,
-    "ViT-B/32": 88_224_232,
-    "ViT-L/16": 304_326_632,
-    "ViT-H/14": 632_045_800,
-    "R50x1": 25_549_352,
-    "R101x1": 44_541_480,
-    "R152x2": 236_335_208,
-    "R50+ViT-B/16": 98_659_112,
-}
+# Every paper model timm has, plus a few more of its sizes: (our name, options, image size, timm name).
+TIMM_TWINS = [
+    ("ViT-Ti/16", {}, 224, "vit_tiny_patch16_224"),
+    ("ViT-S/16", {}, 224, "vit_small_patch16_224"),
+    ("ViT-S/32", {}, 224, "vit_small_patch32_224"),
+    ("ViT-B/16", {}, 224, "vit_base_patch16_224"),
+    ("ViT-B/32", {}, 224, "vit_base_patch32_224"),
+    ("ViT-B/8", {}, 224, "vit_base_patch8_224"),
+    ("ViT-B/16", {"classifier": "gap", "fc_norm": True}, 224, "vit_base_patch16_gap_224"),
+    ("ViT-L/16", {}, 224, "vit_large_patch16_224"),
+    ("ViT-L/32", {}, 224, "vit_large_patch32_224"),
+    ("ViT-H/14", {}, 224, "vit_huge_patch14_224"),
+    ("R50x1", {}, 224, "resnetv2_50x1_bit"),
+    ("R50x3", {}, 224, "resnetv2_50x3_bit"),
+    ("R101x1", {}, 224, "resnetv2_101x1_bit"),
+    ("R101x3", {}, 224, "resnetv2_101x3_bit"),
+    ("R152x2", {}, 224, "resnetv2_152x2_bit"),
+    ("R152x4", {}, 224, "resnetv2_152x4_bit"),
+    ("R50+ViT-B/16", {}, 224, "vit_base_r50_s16_224"),
+    ("R50+ViT-B/16", {}, 384, "vit_base_r50_s16_384"),
+    ("R50+ViT-L/32", {}, 224, "vit_large_r50_s32_224"),
+    ("R26+ViT-S/32", {}, 224, "vit_small_r26_s32_224"),
+    ("R26+ViT-B/32", {}, 224, "vit_base_r26_s32_224"),
+]
+# PAPER.md's numbers, so that a change in timm cannot move both sides of the comparison.
+PARAMS = {"ViT-B/16": 86_567_656, "R50x1": 25_549_352, "R50+ViT-B/16": 98_659_112, "ViT-H/14": 632_045_800}
 
 
-@pytest.mark.parametrize("name,count", PARAMS.items(), ids=list(PARAMS))
-def test_param_count_matches_timm(name, count):
-    options = {} if models.spec(name).family == "resnet" else {"pre_logits": False}
-    with torch.device("meta"):  # nothing allocated, even for ViT-H/14
-        model = models.create(name, num_classes=1000, image_size=224, **options)
-    assert sum(p.numel() for p in model.parameters()) == count
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name,options,size,timm_name", TIMM_TWINS, ids=[t[3] for t in TIMM_TWINS])
+def test_param_count_matches_timm(name, options, size, timm_name):
+    timm = pytest.importorskip("timm")
+    if models.spec(name).family != "resnet":
+        options = {"pre_logits": False, **options}  # timm's weights ship without the pre-logits
+    with torch.device("meta"):  # nothing allocated, even for ViT-H/14 or R152x4
+        ours = models.create(name, num_classes=1000, image_size=size, **options)
+        theirs = timm.create_model(timm_name, num_classes=1000)  # some default to no head (in21k)
+    assert _count(ours) == _count(theirs)
+    if size == 224 and not options.keys() - {"pre_logits"} and name in PARAMS:
+        assert _count(ours) == PARAMS[name]
 
 
 def test_pre_logits_adds_width_squared_plus_width():
     with torch.device("meta"):
         with_pl = models.create("ViT-B/16", num_classes=1000, image_size=224)
-    assert sum(p.numel() for p in with_pl.parameters()) == PARAMS["ViT-B/16"] + 768 * 768 + 768
+    assert _count(with_pl) == PARAMS["ViT-B/16"] + 768 * 768 + 768
 
 
 def test_forward_flops_vit_b16():
@@ -235,7 +241,8 @@ def test_names_all_resolve_and_serialise():
 def test_spec_decoding():
     b16 = models.spec("ViT-B/16")
     assert (b16.family, b16.depth, b16.width, b16.mlp, b16.heads, b16.patch) == ("vit", 12, 768, 3072, 12, 16)
-    assert (b16.classifier, b16.pos_embed, b16.pre_logits, b16.dropout) == ("token", "1d", True, 0.0)
+    assert (b16.classifier, b16.pos_embed, b16.pos_embed_at, b16.pre_logits, b16.dropout) == ("token", "1d", "stem", True, 0.0)
+    assert (b16.drop_path, b16.fc_norm) == (0.0, False)
     assert b16.blocks is None
     assert models.spec("ViT-L/7").patch == 7
     r = models.spec("R152x2")
@@ -261,7 +268,14 @@ def test_spec_decoding():
     (lambda: models.spec("R50x1", patch=4), "unknown option 'patch' for R50x1"),
     (lambda: models.spec("ViT-B/16", width=100), "not divisible by heads"),
     (lambda: models.spec("ViT-B/16", classifier="cls"), "classifier"),
-    (lambda: models.spec("ViT-B/16", pos_embed="2d"), "pos_embed"),
+    (lambda: models.spec("ViT-B/16", pos_embed="3d"), "pos_embed must be one of"),
+    (lambda: models.spec("ViT-B/16", pos_embed_at="stems"), "pos_embed_at must be one of"),
+    (lambda: models.spec("ViT-B/16", pos_embed="none", pos_embed_at="every-layer"), "pos_embed_at='every-layer' needs pos_embed '1d' or '2d'"),
+    (lambda: models.spec("ViT-B/16", pos_embed="relative", pos_embed_at="every-layer-shared"), "relative attention already acts in every block"),
+    (lambda: models.spec("ViT-B/16", pos_embed="2d", width=63, heads=3), "pos_embed='2d' needs an even width"),
+    (lambda: models.spec("ViT-B/16", drop_path=1.0), "drop_path must be in [0, 1)"),
+    (lambda: models.spec("ViT-B/16", drop_path="0.1"), "drop_path"),
+    (lambda: models.spec("R50x1", drop_path=0.1), "unknown option 'drop_path' for R50x1"),
     (lambda: models.spec("ViT-B/16", dropout=1.5), "dropout"),
     (lambda: models.spec("ViT-B/16", pre_logits="yes"), "pre_logits"),
     (lambda: models.spec("ViT-B/16", depth=0), "depth"),

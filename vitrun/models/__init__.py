@@ -3,23 +3,27 @@
     spec("ViT-B/16", classifier="gap")  -> ModelSpec (torch-free: recipes validate without it)
     create("ViT-B/16", num_classes=10, image_size=224) -> nn.Module
     build(spec, num_classes, image_size)                -> nn.Module
+    load_resampled(model, state_dict)                   -> loads a checkpoint of another resolution
+    describe(names)                                     -> Table 1 rows: sizes, parameters, FLOPs
 
 Every model has `spec`, `num_classes`, `image_size`, `forward(x)` (logits),
-`representation(x)` (few-shot features), `reset_head(n)` and `set_image_size(s)`.
-Importing this package does not import torch; `create`, `build` and `forward_flops` do.
+`representation(x)` (few-shot features), `reset_head(n)` and `set_image_size(s, mode)`.
+Importing this package does not import torch; the functions that need it import it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .flops import forward_flops
 from .registry import ModelSpec, names, spec
+from .summary import describe
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
-__all__ = ["ModelSpec", "spec", "names", "create", "build", "forward_flops"]
+__all__ = ["ModelSpec", "spec", "names", "create", "build", "forward_flops", "load_resampled", "describe"]
 
 
 def create(name: str, num_classes: int, image_size: int, **overrides: Any) -> "nn.Module":
@@ -43,3 +47,13 @@ def build(spec: ModelSpec, num_classes: int, image_size: int) -> "nn.Module":
     else:
         raise ValueError(f"unknown model family {spec.family!r}")
     return builder(spec, num_classes, image_size)
+
+
+def load_resampled(model: "nn.Module", state_dict: Mapping[str, "torch.Tensor"], mode: str = "bilinear") -> list[str]:
+    """Load a state dict trained at another resolution, resampling its position tensors.
+
+    See `position.load_resampled`; returns the resampled keys.
+    """
+    from .position import load_resampled as load
+
+    return load(model, state_dict, mode)

@@ -2,7 +2,8 @@
 
 Counted by `torch.utils.flop_counter.FlopCounterMode`: 2 FLOPs per multiply-accumulate of
 every matmul and convolution, attention's q·kᵀ and softmax·v included (timm's published GMACs
-leave those two out, so ours run ~4% higher for ViT-B/16 at 224). Norms, activations and
+leave those two out, so ours run ~4% higher for ViT-B/16 at 224); with pos_embed="relative"
+also the queries against the offset table. Norms, activations and
 weight standardisation are not counted. The model is built on the meta device, so even
 ViT-H/14 costs no memory and about a second.
 """

@@ -5,7 +5,8 @@ Architecture"; official `vit_jax/models_vit.py` with a `resnet` config).
 folded into stage 3, see `registry.fold_blocks`) to a stride-16 feature map, then embeds each
 cell with a 1x1 "patch" into the Transformer. As in the official code (and timm's 98,659,112
 parameters) the stem uses post-activation units and has no final norm: each unit already ends
-in a ReLU.
+in a ReLU. Being a `VisionTransformer`, the hybrid takes every ViT option (pos_embed "2d" or
+"relative", pos_embed_at, drop_path, …); its patch grid is the feature map's.
 """
 
 from __future__ import annotations

@@ -48,10 +48,16 @@ RESNET_BLOCKS: dict[int, tuple[int, ...]] = {
 HYBRID_STRIDES = (4, 8, 16, 32)
 
 CLASSIFIERS = ("token", "gap")
-# Only these exist today; Appendix D.4's "2d" and "relative" slot in beside them.
-POS_EMBEDS = ("1d", "none")
+# Appendix D.4 / Table 8: what the position information is (see vit.py and position.py) ...
+POS_EMBEDS = ("1d", "2d", "relative", "none")
+# ... and where the absolute kinds (1d, 2d) are added: once before the first block (default),
+# at every block's input with a table per block, or at every block's input with one table.
+POS_EMBED_AT = ("stem", "every-layer", "every-layer-shared")
 
-_VIT_OPTIONS = ("width", "depth", "heads", "mlp", "patch", "classifier", "pos_embed", "pre_logits", "dropout", "fc_norm")
+_VIT_OPTIONS = (
+    "width", "depth", "heads", "mlp", "patch", "classifier", "pos_embed", "pos_embed_at", "pre_logits",
+    "dropout", "drop_path", "fc_norm",
+)
 _RESNET_OPTIONS = ("blocks", "width_factor")
 OPTIONS: dict[str, tuple[str, ...]] = {
     "vit": _VIT_OPTIONS,
@@ -83,9 +89,15 @@ class ModelSpec:
     mlp: int | None = None  # MLP hidden size
     patch: int | None = None  # patch side in pixels (vit) or in feature-map cells (hybrid: 1)
     classifier: str | None = None  # "token": class token; "gap": mean of tokens after the final norm
-    pos_embed: str | None = None  # "1d" (paper default) | "none"
+    pos_embed: str | None = None  # "1d" (paper default) | "2d" | "relative" | "none" (App. D.4)
+    # Where 1d/2d embeddings are added: "stem" (paper default) | "every-layer" | "every-layer-shared".
+    # Relative attention biases every block by construction, so it takes only "stem".
+    pos_embed_at: str | None = None
     pre_logits: bool | None = None  # Dense(width)+tanh before the head, as in pre-training
     dropout: float | None = None  # after every dense except q/k/v, and after adding positions
+    # Stochastic depth, NOT in the paper (0 there): the rate grows linearly over the blocks from
+    # 0 to this value, as timm/DeiT; each residual branch is dropped per sample while training.
+    drop_path: float | None = None
     # False (official): the final LayerNorm normalises every token, then the classifier pools.
     # True (timm's GAP default): pool first, then a LayerNorm named `fc_norm`; for interop.
     fc_norm: bool | None = None
@@ -118,10 +130,18 @@ class ModelSpec:
         _check(self.width % self.heads == 0, self.name, f"width {self.width} is not divisible by heads {self.heads}")
         _check(self.classifier in CLASSIFIERS, self.name, f"classifier must be one of {CLASSIFIERS}, got {self.classifier!r}")
         _check(self.pos_embed in POS_EMBEDS, self.name, f"pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
+        _check(self.pos_embed_at in POS_EMBED_AT, self.name, f"pos_embed_at must be one of {POS_EMBED_AT}, got {self.pos_embed_at!r}")
+        # Table 8 has no "every layer" entries for none and relative: nothing to add, or already per block.
+        _check(self.pos_embed_at == "stem" or self.pos_embed in ("1d", "2d"), self.name,
+               f"pos_embed_at={self.pos_embed_at!r} needs pos_embed '1d' or '2d', got pos_embed={self.pos_embed!r} "
+               + ("(it adds nothing)" if self.pos_embed == "none" else "(relative attention already acts in every block)"))
+        _check(self.pos_embed != "2d" or self.width % 2 == 0, self.name, f"pos_embed='2d' needs an even width (X and Y tables of width/2), got width {self.width}")
         _check(isinstance(self.pre_logits, bool), self.name, f"pre_logits must be true or false, got {self.pre_logits!r}")
         _check(isinstance(self.fc_norm, bool), self.name, f"fc_norm must be true or false, got {self.fc_norm!r}")
         _check(_is_number(self.dropout) and 0 <= self.dropout < 1, self.name, f"dropout must be in [0, 1), got {self.dropout!r}")
+        _check(_is_number(self.drop_path) and 0 <= self.drop_path < 1, self.name, f"drop_path must be in [0, 1), got {self.drop_path!r}")
         object.__setattr__(self, "dropout", float(self.dropout))
+        object.__setattr__(self, "drop_path", float(self.drop_path))
 
     def _check_resnet(self) -> None:
         blocks = self.blocks
@@ -223,12 +243,14 @@ def _transformer(name: str, size: str) -> dict[str, Any]:
         "width": width, "depth": depth, "heads": heads, "mlp": mlp,
         "classifier": "token",
         "pos_embed": "1d",
+        "pos_embed_at": "stem",
         # The paper pre-trains with the pre-logits layer; fine-tuning drops it (App. B.1.1).
         "pre_logits": True,
         # Table 3 ties dropout to the pre-training set (0 on JFT, 0.1 on ImageNet/-21k), so
         # recipes set it; the official model configs' per-model 0.1 (L/16, H/14, R50+B/16) is
         # not copied here.
         "dropout": 0.0,
+        "drop_path": 0.0,
         "fc_norm": False,
     }
 

@@ -207,8 +207,8 @@ class ResNet(nn.Module):
         self.head = _zero_linear(self.num_features, num_classes, like=self.head.weight)
         self.num_classes = num_classes
 
-    def set_image_size(self, image_size: int) -> None:
-        """Convolutions take any size: only recorded."""
+    def set_image_size(self, image_size: int, mode: str = "bilinear") -> None:
+        """Convolutions take any size: only recorded (`mode` is ViT's, unused here)."""
         self.image_size = image_size
 
 

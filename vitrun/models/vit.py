@@ -14,9 +14,16 @@ zero head, xavier-uniform dense kernels (q, k and v each as its own D×D matrix)
 normal(1e-6), other biases 0, lecun-normal patch embedding and pre-logits, class token 0,
 position embeddings normal(0.02).
 
-One departure: GELU is the exact erf form (PyTorch and timm default); flax's default, used by
-the official code, is the tanh approximation (they differ by < 1e-3). Parameter names follow
-timm's, so its state dicts load directly.
+Position information (App. D.4, options `pos_embed` and `pos_embed_at`; tensors and their
+resampling in position.py): "1d" (default), "2d", "relative" or "none", added once before the
+first block ("stem", default) or at every block's input ("every-layer": a table per block;
+"every-layer-shared": one table). The dropout after adding positions acts once, at the stem.
+
+Departures: GELU is the exact erf form (PyTorch and timm default); flax's default, used by the
+official code, is the tanh approximation (they differ by < 1e-3). Stochastic depth
+(`drop_path`, 0 by default as in the paper) is a vitrun option from DeiT/timm. Parameter names
+follow timm's, so its state dicts load directly. Attention runs through
+`F.scaled_dot_product_attention`; the relative bias enters as its float `attn_mask`.
 """
 
 from __future__ import annotations
@@ -29,7 +36,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .position import (
+    MODES,
+    grid_2d,
+    relative_bias,
+    relative_index,
+    relative_rows,
+    resample_axis,
+    resample_pos_embed,
+    resample_relative,
+)
 from .registry import ModelSpec
+
+__all__ = ["VisionTransformer", "PatchEmbed", "Attention", "Block", "build_vit", "resample_pos_embed"]
 
 LN_EPS = 1e-6
 
@@ -55,21 +74,27 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; q, k, v from one fused Linear (timm's `qkv` layout)."""
+    """Multi-head self-attention; q, k, v from one fused Linear (timm's `qkv` layout).
 
-    def __init__(self, width: int, heads: int, dropout: float):
+    relative_rows > 0 adds the paper's relative attention (position.py): a table
+    `relative_pos` (relative_rows, D/h), shared by the heads, whose logits bias the content's.
+    """
+
+    def __init__(self, width: int, heads: int, dropout: float, relative_rows: int = 0):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.drop = nn.Dropout(dropout)
+        self.relative_pos = nn.Parameter(torch.empty(relative_rows, width // heads).normal_(std=0.02)) if relative_rows else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, N, D) -> (B, N, D)"""
+    def forward(self, x: torch.Tensor, relative_index: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, N, D), relative_index: (N, N) table rows (relative only) -> (B, N, D)"""
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads)  # (B, N, 3, h, D/h)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, D/h)
-        x = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, D/h), softmax(qkᵀ/√(D/h))v
+        bias = None if self.relative_pos is None else relative_bias(q, self.relative_pos, relative_index)  # (B, h, N, N)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, h, N, D/h), softmax(qkᵀ/√(D/h) + bias)v
         x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, D): heads concatenated
         return self.drop(self.proj(x))
 
@@ -89,20 +114,44 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016; DeiT/timm): drop a residual branch per sample.
+
+    Training: each sample's branch is zeroed with probability `rate`, kept ones scaled by
+    1/(1 − rate) so the expectation is unchanged. Evaluation: the identity.
+    """
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, ...) -> (B, ...)"""
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, ..., 1)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:g}"
+
+
 class Block(nn.Module):
     """Pre-norm encoder block (Eq. 2–3): x + MSA(LN(x)), then x + MLP(LN(x))."""
 
-    def __init__(self, width: int, heads: int, mlp: int, dropout: float):
+    def __init__(self, width: int, heads: int, mlp: int, dropout: float, drop_path: float = 0.0, relative_rows: int = 0):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=LN_EPS)
-        self.attn = Attention(width, heads, dropout)
+        self.attn = Attention(width, heads, dropout, relative_rows)
         self.norm2 = nn.LayerNorm(width, eps=LN_EPS)
         self.mlp = Mlp(width, mlp, dropout)
+        self.drop_path = DropPath(drop_path)  # no parameters: used for both branches
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, relative_index: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, N, D) -> (B, N, D)"""
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x), relative_index))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 # -- the model -------------------------------------------------------------------------
@@ -111,6 +160,10 @@ class VisionTransformer(nn.Module):
     """ViT; the hybrid is this class with a ResNet stem as its `patch_embed` (see hybrid.py).
 
     A patch embedder maps (B, 3, H, W) -> (B, D, gh, gw) and has `grid(image_size)` and `proj`.
+    Position parameters, by `spec.pos_embed` (the others are None; L = depth for
+    "every-layer", else 1): "1d" `pos_embed` (L, prefix + gh*gw, D); "2d" `pos_embed_x`
+    (L, gw, D/2), `pos_embed_y` (L, gh, D/2), `pos_embed_cls` (L, prefix, D) with a class
+    token; "relative" `blocks.i.attn.relative_pos`.
     """
 
     def __init__(self, spec: ModelSpec, num_classes: int, image_size: int, patch_embed: nn.Module | None = None):
@@ -121,9 +174,12 @@ class VisionTransformer(nn.Module):
         self.grid = self.patch_embed.grid(image_size)
         self.num_prefix_tokens = 1 if spec.classifier == "token" else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if self.num_prefix_tokens else None
-        self.pos_embed = self._new_pos_embed()
+        self._new_pos_embed()
         self.pos_drop = nn.Dropout(spec.dropout)
-        self.blocks = nn.Sequential(*[Block(D, spec.heads, spec.mlp, spec.dropout) for _ in range(spec.depth)])
+        rows = relative_rows(self.grid, self.num_prefix_tokens) if spec.pos_embed == "relative" else 0
+        # Stochastic depth grows linearly from 0 at the first block to `drop_path` at the last (timm).
+        rates = torch.linspace(0, spec.drop_path, spec.depth, device="cpu").tolist()
+        self.blocks = nn.Sequential(*[Block(D, spec.heads, spec.mlp, spec.dropout, rate, rows) for rate in rates])
         # fc_norm moves the final LayerNorm after pooling (timm's layout for GAP models).
         self.norm = nn.Identity() if spec.fc_norm else nn.LayerNorm(D, eps=LN_EPS)
         self.fc_norm = nn.LayerNorm(D, eps=LN_EPS) if spec.fc_norm else nn.Identity()
@@ -131,13 +187,19 @@ class VisionTransformer(nn.Module):
         self.head = _zero_linear(D, num_classes)
         self._init_weights()
 
-    def _new_pos_embed(self) -> nn.Parameter | None:
-        # Dispatch point for Appendix D.4's variants ("2d": X and Y tables of D/2; "relative":
-        # an attention bias) — each would add its own parameters here and in `_add_position`.
-        if self.spec.pos_embed == "none":
-            return None
-        tokens = self.num_prefix_tokens + self.grid[0] * self.grid[1]
-        return nn.Parameter(torch.empty(1, tokens, self.spec.width).normal_(std=0.02))  # BERT's init, as official
+    def _new_pos_embed(self) -> None:
+        """The absolute tables (App. D.4), normal(0.02) as the official 1d (BERT's init)."""
+        kind, D, prefix, (gh, gw) = self.spec.pos_embed, self.spec.width, self.num_prefix_tokens, self.grid
+        L = self.spec.depth if self.spec.pos_embed_at == "every-layer" else 1
+
+        def table(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.empty(*shape).normal_(std=0.02))
+
+        self.pos_embed = table(L, prefix + gh * gw, D) if kind == "1d" else None
+        self.pos_embed_x = table(L, gw, D // 2) if kind == "2d" else None
+        self.pos_embed_y = table(L, gh, D // 2) if kind == "2d" else None
+        # The class token's 2-D embedding: the counterpart of the 1d table's first row.
+        self.pos_embed_cls = table(L, prefix, D) if kind == "2d" and prefix else None
 
     def _init_weights(self) -> None:
         # Explicit per layer, not a blanket `apply`: a hybrid's ResNet stem keeps its own init.
@@ -165,20 +227,35 @@ class VisionTransformer(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, gh*gw, D): patches in row-major order
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + gh*gw, D)
-        x = self._add_position(x)
-        x = self.blocks(x)
-        return self.norm(x)
-
-    def _add_position(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, N, D) -> (B, N, D)"""
-        if self.pos_embed is None:
-            return x  # the official code skips the dropout along with the embedding
-        if x.shape[1] != self.pos_embed.shape[1]:
+        expected = self.num_prefix_tokens + self.grid[0] * self.grid[1]
+        if self.spec.pos_embed != "none" and x.shape[1] != expected:
             raise ValueError(
-                f"input gives {x.shape[1]} tokens but the position embedding has {self.pos_embed.shape[1]} "
+                f"input gives {x.shape[1]} tokens but the position embedding has {expected} "
                 f"(built for {self.image_size} px): call set_image_size() first"
             )
-        return self.pos_drop(x + self.pos_embed)
+        pos = self.position_embeddings()  # (L, N, D) or None
+        index = relative_index(self.grid, self.num_prefix_tokens, x.device) if self.spec.pos_embed == "relative" else None
+        every_layer = self.spec.pos_embed_at != "stem"
+        for i, block in enumerate(self.blocks):
+            if pos is not None and (i == 0 or every_layer):
+                x = x + pos[i if len(pos) > 1 else 0]  # (B, N, D) + (N, D)
+                if i == 0:  # official: dropout right after the (stem) embedding, once
+                    x = self.pos_drop(x)
+            x = block(x, index)
+        return self.norm(x)
+
+    def position_embeddings(self) -> torch.Tensor | None:
+        """The absolute embeddings as added to the tokens: (L, prefix + gh*gw, D), or None.
+
+        "1d" is its table; "2d" is assembled from the X and Y tables (and the class token's);
+        "relative" and "none" have none. L = depth for "every-layer", else 1.
+        """
+        if self.pos_embed is not None:
+            return self.pos_embed
+        if self.pos_embed_x is None:
+            return None
+        grid = grid_2d(self.pos_embed_x, self.pos_embed_y)  # (L, gh*gw, D)
+        return grid if self.pos_embed_cls is None else torch.cat([self.pos_embed_cls, grid], dim=1)  # (L, N, D)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, N, D) -> (B, D): the class token, or the mean of all tokens ("gap")."""
@@ -206,42 +283,38 @@ class VisionTransformer(nn.Module):
         self.spec = replace(self.spec, pre_logits=False)
 
     @torch.no_grad()
-    def set_image_size(self, image_size: int) -> None:
-        """Use a new resolution: the patch-grid position embeddings are resampled in 2-D.
+    def set_image_size(self, image_size: int, mode: str = "bilinear") -> None:
+        """Use a new resolution (§3.2): position tensors of the patch grid are resampled in 2-D.
 
-        The embedding becomes a new Parameter: call this before building the optimiser.
+        mode: "bilinear" (default; corners to corners, as the official scipy zoom), "bicubic"
+        or "nearest". 1d tables are resampled as grids, 2d's X and Y tables each along its
+        axis, relative tables through 2-D displacements (position.resample_relative);
+        class-token embeddings are kept. Resampled tensors become new Parameters (same
+        requires_grad): call this before building the optimiser.
         """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         grid = self.patch_embed.grid(image_size)
-        if self.pos_embed is not None and grid != self.grid:
-            resampled = resample_pos_embed(self.pos_embed, grid, self.grid, self.num_prefix_tokens)
-            self.pos_embed = nn.Parameter(resampled, requires_grad=self.pos_embed.requires_grad)
+        if grid != self.grid:
+            old, prefix = self.grid, self.num_prefix_tokens
+            if self.pos_embed is not None:
+                _replace(self, "pos_embed", resample_pos_embed(self.pos_embed, grid, old, prefix, mode))
+            if self.pos_embed_x is not None:
+                _replace(self, "pos_embed_x", resample_axis(self.pos_embed_x, grid[1], mode))
+                _replace(self, "pos_embed_y", resample_axis(self.pos_embed_y, grid[0], mode))
+            for block in self.blocks:
+                if block.attn.relative_pos is not None:
+                    _replace(block.attn, "relative_pos", resample_relative(block.attn.relative_pos, grid, old, prefix, mode))
         self.grid, self.image_size = grid, image_size
 
 
-def resample_pos_embed(
-    pos_embed: torch.Tensor,
-    new_grid: tuple[int, int],
-    old_grid: tuple[int, int],
-    num_prefix_tokens: int,
-    mode: str = "bilinear",
-) -> torch.Tensor:
-    """Interpolate the patch-grid part of a 1-D position embedding in 2-D; prefix kept as is.
-
-    pos_embed: (1, prefix + gh*gw, D) -> (1, prefix + nh*nw, D). Bilinear with corners mapped
-    to corners (align_corners=True) equals the official `scipy.ndimage.zoom(order=1)`.
-    """
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    (gh, gw), D = old_grid, pos_embed.shape[-1]
-    if grid.shape[1] != gh * gw:
-        raise ValueError(f"position embedding has {grid.shape[1]} grid tokens, not {gh}x{gw}")
-    grid = grid.reshape(1, gh, gw, D).permute(0, 3, 1, 2)  # (1, D, gh, gw)
-    corners = True if mode in ("linear", "bilinear", "bicubic", "trilinear") else None
-    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode=mode, align_corners=corners)  # (1, D, nh, nw)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D)  # (1, nh*nw, D)
-    return torch.cat([prefix, grid.to(pos_embed.dtype)], dim=1)
-
-
 # -- helpers for the layers above --------------------------------------------------------
+
+def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Swap a parameter for a resampled one of another shape, keeping requires_grad."""
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(value, requires_grad=old.requires_grad))
+
 
 def _lecun_normal_(w: torch.Tensor) -> None:
     """flax's default kernel init: truncated normal (±2σ) with variance 1 / fan_in."""
