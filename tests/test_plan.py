@@ -66,3 +66,14 @@ def test_shards_partition_and_keep_trees_together(write_recipe):
     for part in parts:
         mine = {s.key for s in part}
         assert all(set(s.parents) <= mine for s in part)
+
+
+def test_variant_names_the_swept_values(write_recipe):
+    loaded = load(str(write_recipe()), ["sweep.finetune.lr=[0.01, 0.03]", "sweep.seed=[0, 1]"])
+    swept = loaded.swept_keys()
+    assert swept == ["finetune.lr", "seed"], "model and size have columns of their own"
+    stages = plan(loaded.variants)
+    finetune = next(s for s in stages if s.kind == "finetune")
+    assert finetune.variant(swept) == "lr=0.01 seed=0"
+    pretrain = next(s for s in stages if s.kind == "pretrain")
+    assert pretrain.variant(swept) == "seed=0", "a key the stage lacks is left out"

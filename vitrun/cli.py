@@ -86,7 +86,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir):
     store = Store(results)
     console = _console()
     if dry_run:
-        console.print(_plan_table(loaded.name, stages, store))
+        console.print(_plan_table(loaded.name, stages, store, loaded.swept_keys()))
         return
     from vitrun.engine import Interrupted
     from vitrun.runner import StageFailed, run_plan
@@ -223,13 +223,16 @@ def _first_comment(path: Path) -> str:
     return ""
 
 
-def _plan_table(experiment: str, stages, store):
+def _plan_table(experiment: str, stages, store, swept=()):
     from rich.table import Table
 
     from vitrun.stages import training_flops
 
     table = Table(title=f"Plan for {experiment}: {len(stages)} stages", title_justify="left", header_style="bold")
-    for name, justify in (("kind", "left"), ("model", "left"), ("data", "left"), ("size", "right"), ("status", "left"), ("est. FLOPs", "right"), ("key", "left")):
+    columns = [("kind", "left"), ("model", "left"), ("data", "left"), ("size", "right"), ("status", "left"), ("est. FLOPs", "right"), ("key", "left")]
+    if swept:
+        columns.insert(2, ("variant", "left"))
+    for name, justify in columns:
         table.add_column(name, justify=justify, style="dim" if name == "key" else None)
     colours = {"done": "green", "partial": "yellow", "todo": "white"}
     total = 0.0
@@ -238,7 +241,10 @@ def _plan_table(experiment: str, stages, store):
         flops = training_flops(stage)
         total += flops if status != "done" else 0.0
         data = stage.data + (f" {stage.config['fewshot']['shots']}-shot" if stage.kind == "fewshot" else "")
-        table.add_row(stage.kind, stage.model, data, str(stage.size or "all"), f"[{colours[status]}]{status}[/]", f"{flops:.2e}" if flops else "–", stage.key)
+        cells = [stage.kind, stage.model, data, str(stage.size or "all"), f"[{colours[status]}]{status}[/]", f"{flops:.2e}" if flops else "–", stage.key]
+        if swept:
+            cells.insert(2, stage.variant(swept))
+        table.add_row(*cells)
     table.caption = f"to run: {total:.2e} FLOPs (training; evaluation not counted)"
     return table
 

@@ -39,6 +39,20 @@ class Stage:
     def size(self) -> int | None:
         return self.config["pretrain"]["size"]
 
+    def variant(self, keys: Iterable[str]) -> str:
+        """The values of swept dotted `keys` in this stage's config, e.g. "pos_embed=2d lr=0.001".
+
+        Keys the stage does not have (a fine-tuning key on a few-shot stage) are left out.
+        """
+        shown = []
+        for key in keys:
+            value: Any = self.config
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if value is not None:
+                shown.append(f"{key.rsplit('.', 1)[-1]}={value}")
+        return " ".join(shown)
+
 
 def stage_key(kind: str, config: dict[str, Any], parents: Iterable[str]) -> str:
     payload = json.dumps({"v": KEY_VERSION, "kind": kind, "config": config, "parents": sorted(parents)}, sort_keys=True)

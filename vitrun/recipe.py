@@ -44,6 +44,11 @@ class LoadedRecipe:
     sweeps: list[dict[str, list[Any]]]  # one per [sweep] table: canonical dotted key -> values
     variants: list[Recipe]  # the union of each sweep table's Cartesian product, validated
 
+    def swept_keys(self, shown_elsewhere: tuple[str, ...] = ("model.name", "pretrain.size")) -> list[str]:
+        """Dotted keys that tell variants apart, in recipe order, minus those shown on their own."""
+        keys = dict.fromkeys(k for sweep in self.sweeps for k in sweep)
+        return [k for k in keys if k not in shown_elsewhere]
+
 
 def builtin_recipes() -> list[Path]:
     return sorted(BUILTIN_DIR.glob("*.toml"))

@@ -6,7 +6,7 @@ import datetime as dt
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -27,14 +27,16 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
 
 
-def describe(stage: Stage) -> str:
+def describe(stage: Stage, swept: Iterable[str] = ()) -> str:
     size = stage.size if stage.size is not None else "all"
     extra = f" {stage.config['fewshot']['shots']}-shot" if stage.kind == "fewshot" else ""
-    return f"{stage.kind:<8} {stage.model} · {stage.data}{extra} · pre-train size {size}"
+    variant = stage.variant(swept)
+    return f"{stage.kind:<8} {stage.model} · {stage.data}{extra} · pre-train size {size}" + (f" · {variant}" if variant else "")
 
 
 def run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: Console, cache_dir: str | None = None) -> RunSummary:
     experiment = loaded.name
+    swept = loaded.swept_keys()
     summary = RunSummary()
     todo = []
     for stage in stages:
@@ -78,12 +80,12 @@ def run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: C
                 try:
                     metrics = run_stage(stage, ctx)
                 except (FloatingPointError, ValueError, RuntimeError) as err:
-                    raise StageFailed(f"stage {stage.key} ({describe(stage)}) failed: {err}") from err
+                    raise StageFailed(f"stage {stage.key} ({describe(stage, swept)}) failed: {err}") from err
                 wall = time.perf_counter() - started
                 sd.finish(_stage_record(stage, experiment, metrics, wall, training_flops(stage), placement.describe(), torch.__version__))
             summary.ran.append(stage.key)
             progress.advance(overall)
-            console.print(f"[green]✓[/green] {describe(stage)}  accuracy {metrics['accuracy']:.1%}  [dim]{wall:.1f}s[/dim]", soft_wrap=True)
+            console.print(f"[green]✓[/green] {describe(stage, swept)}  accuracy {metrics['accuracy']:.1%}  [dim]{wall:.1f}s[/dim]", soft_wrap=True)
     return summary
 
 
