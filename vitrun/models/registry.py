@@ -50,9 +50,12 @@ HYBRID_STRIDES = (4, 8, 16, 32)
 CLASSIFIERS = ("token", "gap")
 # Only these exist today; Appendix D.4's "2d" and "relative" slot in beside them.
 POS_EMBEDS = ("1d", "none")
+# Weight-standardisation / GroupNorm eps of the ResNet parts (see models/resnet.py): "official"
+# as the paper's code; "timm" to reproduce a timm module's outputs exactly (vitrun.interop).
+EPS_CONVENTIONS = ("official", "timm")
 
 _VIT_OPTIONS = ("width", "depth", "heads", "mlp", "patch", "classifier", "pos_embed", "pre_logits", "dropout", "fc_norm")
-_RESNET_OPTIONS = ("blocks", "width_factor")
+_RESNET_OPTIONS = ("blocks", "width_factor", "eps_convention")
 OPTIONS: dict[str, tuple[str, ...]] = {
     "vit": _VIT_OPTIONS,
     "resnet": _RESNET_OPTIONS,
@@ -92,6 +95,7 @@ class ModelSpec:
     # ResNet (resnet, hybrid)
     blocks: tuple[int, ...] | None = None  # bottleneck units per stage (hybrid: after folding)
     width_factor: float | None = None  # channel multiplier: base = round(64 * width_factor)
+    eps_convention: str | None = None  # "official" | "timm": numerics only, same parameters
     # Hybrid
     stride: int | None = None  # the CNN's total downsampling before the 1x1 patch embedding
 
@@ -132,6 +136,9 @@ class ModelSpec:
         # Canonical types: TOML gives lists and ints; a resolved spec must hash and compare the same.
         object.__setattr__(self, "blocks", tuple(blocks))
         object.__setattr__(self, "width_factor", float(self.width_factor))
+        if self.eps_convention is None:  # a spec stored before the option existed
+            object.__setattr__(self, "eps_convention", "official")
+        _check(self.eps_convention in EPS_CONVENTIONS, self.name, f"eps_convention must be one of {EPS_CONVENTIONS}, got {self.eps_convention!r}")
 
 
 def _check(ok: bool, name: str, message: str) -> None:
@@ -199,7 +206,7 @@ def _decode(name: str) -> tuple[str, dict[str, Any]]:
     if m := _VIT_RE.fullmatch(name):
         return "vit", {**_transformer(name, m["size"]), "patch": int(m["patch"])}
     if m := _RESNET_RE.fullmatch(name):
-        return "resnet", {"blocks": _resnet_blocks(name, m["depth"]), "width_factor": float(m["wf"])}
+        return "resnet", {"blocks": _resnet_blocks(name, m["depth"]), "width_factor": float(m["wf"]), "eps_convention": "official"}
     if m := _HYBRID_RE.fullmatch(name):
         stride = int(m["stride"])
         if stride not in HYBRID_STRIDES:
@@ -210,6 +217,7 @@ def _decode(name: str) -> tuple[str, dict[str, Any]]:
             "patch": 1,
             "blocks": _resnet_blocks(name, m["depth"]),  # spec() folds them at the stride
             "width_factor": float(m["wf"] or 1),  # "R50" means R50x1
+            "eps_convention": "official",
             "stride": stride,
         }
     raise ValueError(f"unknown model {name!r}{_suggest(name)}")
