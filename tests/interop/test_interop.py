@@ -330,6 +330,12 @@ def test_npz_errors(tmp_path):
     interop.to_npz(ours, tmp_path / "vit.npz")
     with pytest.raises(ValueError, match="depth 2 ≠ 4"):
         interop.from_npz(tmp_path / "vit.npz", spec=models.spec("ViT-Mu/4"))
+    # No position embedding: the arrays cannot tell "none" from a fixed sincos one; the spec can.
+    plain = _randomise(models.create("ViT-Mu/4", num_classes=10, image_size=32, depth=1, classifier="gap", pos_embed="none"))
+    interop.to_npz(plain, tmp_path / "plain.npz")
+    with pytest.raises(ValueError, match="no position embedding"):
+        interop.from_npz(tmp_path / "plain.npz")
+    assert _max_diff(interop.from_npz(tmp_path / "plain.npz", spec=plain.spec).eval(), _logits(plain, 32), 32) <= TOL
 
 
 # -- recipe inits ----------------------------------------------------------------------------------
@@ -413,6 +419,31 @@ def test_load_init_timm_unreachable_hub_fails_fast(empty_hub_cache, monkeypatch)
         interop.load_init("timm:vit_tiny_patch16_2244", models.spec("ViT-Ti/16"), 10, 224)
     with pytest.raises(ValueError, match=r"timm cannot load it: Invalid pretrained tag \(nope\)"):
         interop.load_init("timm:test_vit.nope", models.spec("ViT-Ti/16"), 10, 224)
+
+
+def test_load_init_timm_from_the_cache_without_network(empty_hub_cache, monkeypatch):
+    """"set HF_HOME to a cache that has them": cached weights load at once, no hub retries."""
+    import json
+
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(empty_hub_cache, "ENDPOINT", "http://127.0.0.1:9")
+    repo = Path(empty_hub_cache.HF_HUB_CACHE) / "models--vitrun--tiny-vit"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    args = {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4}
+    (snapshot / "config.json").write_text(json.dumps(
+        {"architecture": "vit_tiny_patch16_224", "num_classes": 10, "model_args": args, "pretrained_cfg": {}}))
+    source = _randomise(timm.create_model("vit_tiny_patch16_224", num_classes=10, **args))
+    save_file(source.state_dict(), str(snapshot / "model.safetensors"))
+
+    model = interop.load_init("timm:hf-hub:vitrun/tiny-vit", models.spec("ViT-Mu/4", depth=2, pre_logits=False), 5, 48)
+    assert torch.equal(model.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
+    assert model.grid == (12, 12) and model.num_classes == 5
+    with pytest.raises(ValueError, match=r"not the recipe's ViT-Mu/4: depth 2 ≠ 4$"):
+        interop.load_init("timm:hf-hub:vitrun/tiny-vit", models.spec("ViT-Mu/4", pre_logits=False), 5, 48)
 
 
 @pytest.mark.slow

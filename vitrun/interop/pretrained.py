@@ -85,14 +85,13 @@ def load_init(init: str, spec: ModelSpec, num_classes: int, image_size: int) -> 
         except (ValueError, FileNotFoundError) as err:
             raise ValueError(f"{init}: {err}") from err
     else:
-        from .timm_models import from_timm
+        from .timm_models import timm_state
 
         timm_model = _timm_pretrained(init, rest)
         try:
-            source = from_timm(timm_model)
+            found, state, _ = timm_state(timm_model)  # timm's tensors: one more model is built, not two
         except ValueError as err:
             raise ValueError(f"{init}: {err}") from err
-        found, state = source.spec, source.state_dict()
     diff = specs.differences(found, spec)
     if diff:
         raise ValueError(f"{init}: the checkpoint is {specs.describe(found)}, not the recipe's {spec.name}: {', '.join(diff)}")

@@ -83,15 +83,22 @@ def from_timm(timm_model: nn.Module) -> nn.Module:
     returns the pooled features, as timm's). Raises ValueError naming the first timm feature
     vitrun's models lack (layer scale, register tokens, qk-norm, MAP pooling, ...).
     """
-    if type(timm_model) is VisionTransformer:
-        spec, state, image_size = _from_timm_vit(timm_model)
-    elif type(timm_model) is ResNetV2:
-        spec, state = _from_timm_bit(timm_model)
-        image_size = 224  # convolutions take any size; only recorded (BiT's pre-training size)
-    else:
-        raise _unsupported(f"timm model class {type(timm_model).__name__} (supported: VisionTransformer, its hybrids, ResNetV2)")
+    spec, state, image_size = timm_state(timm_model)
     model = build_loaded(spec, state, timm_model.num_classes, image_size, keep_head=True)
     return model.train(timm_model.training)
+
+
+def timm_state(timm_model: nn.Module) -> tuple[ModelSpec, dict[str, torch.Tensor], int]:
+    """(spec, state dict in vitrun's names, image size) of a timm module, checked as `from_timm`.
+
+    The tensors are timm's own (not copied), so a caller can build its model once.
+    """
+    if type(timm_model) is VisionTransformer:
+        return _from_timm_vit(timm_model)
+    if type(timm_model) is ResNetV2:
+        spec, state = _from_timm_bit(timm_model)
+        return spec, state, 224  # convolutions take any size; only recorded (BiT's pre-training size)
+    raise _unsupported(f"timm model class {type(timm_model).__name__} (supported: VisionTransformer, its hybrids, ResNetV2)")
 
 
 def _from_timm_vit(m: VisionTransformer) -> tuple[ModelSpec, dict[str, torch.Tensor], int]:
@@ -114,7 +121,7 @@ def _from_timm_vit(m: VisionTransformer) -> tuple[ModelSpec, dict[str, torch.Ten
         (isinstance(m.norm_pre, nn.Identity), "pre_norm"),
         (isinstance(m.patch_drop, nn.Identity), "patch_drop_rate"),
         (isinstance(getattr(pe, "norm", nn.Identity()), nn.Identity), "a norm inside the patch embedding"),
-        (pe.proj.bias is not None, "a patch embedding without bias"),
+        (isinstance(pe.proj, nn.Conv2d) and pe.proj.bias is not None, "a patch embedding without projection or bias"),
         (m.head_drop.p == 0, f"head dropout drop_rate={m.head_drop.p}"),
         (isinstance(m.head, (nn.Linear, nn.Identity)), f"head {type(m.head).__name__}"),
     ]:
@@ -139,6 +146,8 @@ def _from_timm_vit(m: VisionTransformer) -> tuple[ModelSpec, dict[str, torch.Ten
     state = dict(m.state_dict())
     if hybrid:
         backbone = pe.backbone
+        if type(backbone) is not ResNetV2:
+            raise _unsupported(f"a hybrid backbone {type(backbone).__name__} (vitrun: timm's ResNetV2)")
         blocks, width_factor, convention = _check_resnet(backbone, preact=False)
         if backbone.num_classes or not isinstance(backbone.head.fc, nn.Identity) or backbone.head.global_pool.pool_type:
             raise _unsupported("a hybrid backbone with its own pooling or head")
