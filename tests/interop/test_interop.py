@@ -371,6 +371,16 @@ def test_interop_and_check_init_import_neither_torch_nor_timm(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def test_without_timm_the_error_says_pip_install_timm(monkeypatch):
+    for name in [m for m in sys.modules if m == "timm" or m.startswith("timm.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "vitrun.interop.timm_models", raising=False)
+    with pytest.raises(ImportError, match="pip install timm"):
+        interop.to_timm(models.create("ViT-Mu/4", num_classes=10, image_size=32, depth=1, pre_logits=False))
+    with pytest.raises(ValueError, match=r"timm is not installed \(pip install timm\), or use npz:PATH"):
+        interop.check_init("timm:vit_base_patch16_224.augreg_in21k")
+
+
 def test_load_init_npz_adapts_like_official_fine_tuning(tmp_path):
     source = _randomise(models.create("ViT-Mu/4", num_classes=10, image_size=32, depth=2))  # with pre-logits
     interop.to_npz(source, tmp_path / "ckpt.npz")
