@@ -25,7 +25,7 @@ class HybridEmbed(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.patch = spec.patch
-        self.backbone = ResNetTrunk(spec.blocks, spec.width_factor, preact=False)
+        self.backbone = ResNetTrunk(spec.blocks, spec.width_factor, preact=False, eps_convention=spec.eps_convention)
         self.proj = nn.Conv2d(self.backbone.out_channels, spec.width, spec.patch, stride=spec.patch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

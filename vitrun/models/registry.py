@@ -53,12 +53,15 @@ POS_EMBEDS = ("1d", "2d", "relative", "none")
 # ... and where the absolute kinds (1d, 2d) are added: once before the first block (default),
 # at every block's input with a table per block, or at every block's input with one table.
 POS_EMBED_AT = ("stem", "every-layer", "every-layer-shared")
+# Weight-standardisation / GroupNorm eps of the ResNet parts (see models/resnet.py): "official"
+# as the paper's code; "timm" to reproduce a timm module's outputs exactly (vitrun.interop).
+EPS_CONVENTIONS = ("official", "timm")
 
 _VIT_OPTIONS = (
     "width", "depth", "heads", "mlp", "patch", "classifier", "pos_embed", "pos_embed_at", "pre_logits",
     "dropout", "drop_path", "fc_norm",
 )
-_RESNET_OPTIONS = ("blocks", "width_factor")
+_RESNET_OPTIONS = ("blocks", "width_factor", "eps_convention")
 OPTIONS: dict[str, tuple[str, ...]] = {
     "vit": _VIT_OPTIONS,
     "resnet": _RESNET_OPTIONS,
@@ -104,6 +107,7 @@ class ModelSpec:
     # ResNet (resnet, hybrid)
     blocks: tuple[int, ...] | None = None  # bottleneck units per stage (hybrid: after folding)
     width_factor: float | None = None  # channel multiplier: base = round(64 * width_factor)
+    eps_convention: str | None = None  # "official" | "timm": numerics only, same parameters
     # Hybrid
     stride: int | None = None  # the CNN's total downsampling before the 1x1 patch embedding
 
@@ -152,6 +156,9 @@ class ModelSpec:
         # Canonical types: TOML gives lists and ints; a resolved spec must hash and compare the same.
         object.__setattr__(self, "blocks", tuple(blocks))
         object.__setattr__(self, "width_factor", float(self.width_factor))
+        if self.eps_convention is None:  # a spec stored before the option existed
+            object.__setattr__(self, "eps_convention", "official")
+        _check(self.eps_convention in EPS_CONVENTIONS, self.name, f"eps_convention must be one of {EPS_CONVENTIONS}, got {self.eps_convention!r}")
 
 
 def _check(ok: bool, name: str, message: str) -> None:
@@ -219,7 +226,7 @@ def _decode(name: str) -> tuple[str, dict[str, Any]]:
     if m := _VIT_RE.fullmatch(name):
         return "vit", {**_transformer(name, m["size"]), "patch": int(m["patch"])}
     if m := _RESNET_RE.fullmatch(name):
-        return "resnet", {"blocks": _resnet_blocks(name, m["depth"]), "width_factor": float(m["wf"])}
+        return "resnet", {"blocks": _resnet_blocks(name, m["depth"]), "width_factor": float(m["wf"]), "eps_convention": "official"}
     if m := _HYBRID_RE.fullmatch(name):
         stride = int(m["stride"])
         if stride not in HYBRID_STRIDES:
@@ -230,6 +237,7 @@ def _decode(name: str) -> tuple[str, dict[str, Any]]:
             "patch": 1,
             "blocks": _resnet_blocks(name, m["depth"]),  # spec() folds them at the stride
             "width_factor": float(m["wf"] or 1),  # "R50" means R50x1
+            "eps_convention": "official",
             "stride": stride,
         }
     raise ValueError(f"unknown model {name!r}{_suggest(name)}")

@@ -15,6 +15,9 @@ Both put the stride on the 3x3 conv. Parameter names follow the official checkpo
 Decisions written down:
 * Weight standardisation: (w − mean) / (std + 1e-5), as official ViT code (timm: 1e-8 inside
   the sqrt; BiT's own code 1e-10 inside the sqrt — identical for any non-degenerate kernel).
+  `ModelSpec.eps_convention = "timm"` switches to timm's numerics — (w − mean) / sqrt(var + 1e-8)
+  and GroupNorm eps 1e-5 in hybrid units — so a model converted from timm gives the same logits
+  (the gap is ~1e-4 relative per layer, which adds up over 50 layers); see `EPS`.
 * GroupNorm groups = gcd(32, channels): 32 at every paper width (channels are multiples of 32
   there), and still a divisor for the narrow CPU widths (R14x0.25: 16 channels → 16 groups).
 * GroupNorm eps: 1e-5 in BiT units (BiT code), 1e-6 in hybrid units (flax default, official).
@@ -38,6 +41,11 @@ from torch import nn
 from .registry import ModelSpec
 
 WS_EPS = 1e-5
+# eps_convention → (weight-standardisation eps, hybrid GroupNorm eps). "official": eps added to
+# the std (vit_jax `StdConv`), flax's GroupNorm default; "timm": eps inside the sqrt as timm's
+# StdConv2d(eps=1e-8) of its BiT and hybrid models, torch's GroupNorm default. BiT units and the
+# BiT final norm use 1e-5 in both.
+EPS = {"official": (WS_EPS, 1e-6), "timm": (1e-8, 1e-5)}
 
 
 # -- layers ----------------------------------------------------------------------------
@@ -48,16 +56,21 @@ class StdConv2d(nn.Conv2d):
     tf_same: pad like TensorFlow "SAME" (extra pixel at the end), computed per input size.
     """
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, tf_same: bool = False):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, tf_same: bool = False, eps_convention: str = "official"):
         super().__init__(cin, cout, kernel, stride=stride, padding=0 if tf_same else kernel // 2, bias=False)
         self.tf_same = tf_same
+        self.eps_convention = eps_convention
         # lecun-normal, flax's default; the scale is moot once the kernel is standardised.
         nn.init.trunc_normal_(self.weight, std=self.weight[0].numel() ** -0.5)
 
     def standardized_weight(self) -> torch.Tensor:
         w = self.weight  # (Cout, Cin, k, k)
         flat = w.reshape(w.shape[0], -1)  # (Cout, Cin*k*k): statistics per output filter
-        flat = (flat - flat.mean(1, keepdim=True)) / (flat.std(1, unbiased=False, keepdim=True) + WS_EPS)
+        centred = flat - flat.mean(1, keepdim=True)
+        if self.eps_convention == "timm":
+            flat = centred / torch.sqrt(flat.var(1, unbiased=False, keepdim=True) + EPS["timm"][0])
+        else:
+            flat = centred / (flat.std(1, unbiased=False, keepdim=True) + WS_EPS)
         return flat.reshape_as(w)  # (Cout, Cin, k, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,17 +99,17 @@ def group_norm(channels: int, eps: float) -> nn.GroupNorm:
 class PreActBottleneck(nn.Module):
     """BiT unit: x + conv3(relu(gn3(conv2(relu(gn2(conv1(relu(gn1(x))))))))), stride on conv2."""
 
-    def __init__(self, cin: int, cout: int, mid: int, stride: int):
+    def __init__(self, cin: int, cout: int, mid: int, stride: int, eps_convention: str = "official"):
         super().__init__()
-        eps = 1e-5
+        eps, ws = 1e-5, {"eps_convention": eps_convention}
         self.gn1 = group_norm(cin, eps)
-        self.conv1 = StdConv2d(cin, mid, 1)
+        self.conv1 = StdConv2d(cin, mid, 1, **ws)
         self.gn2 = group_norm(mid, eps)
-        self.conv2 = StdConv2d(mid, mid, 3, stride)
+        self.conv2 = StdConv2d(mid, mid, 3, stride, **ws)
         self.gn3 = group_norm(mid, eps)
-        self.conv3 = StdConv2d(mid, cout, 1)
+        self.conv3 = StdConv2d(mid, cout, 1, **ws)
         # The projection reads the pre-activated input, as BiT (no GN of its own).
-        self.conv_proj = StdConv2d(cin, cout, 1, stride) if stride != 1 or cin != cout else None
+        self.conv_proj = StdConv2d(cin, cout, 1, stride, **ws) if stride != 1 or cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Cin, H, W) -> (B, Cout, H/stride, W/stride)"""
@@ -111,18 +124,18 @@ class PreActBottleneck(nn.Module):
 class Bottleneck(nn.Module):
     """Hybrid (official ViT) unit: relu(gn3(conv3(...conv1(x))) + shortcut), stride on conv2."""
 
-    def __init__(self, cin: int, cout: int, mid: int, stride: int):
+    def __init__(self, cin: int, cout: int, mid: int, stride: int, eps_convention: str = "official"):
         super().__init__()
-        eps = 1e-6
-        self.conv1 = StdConv2d(cin, mid, 1, tf_same=True)
+        eps, ws = EPS[eps_convention][1], {"tf_same": True, "eps_convention": eps_convention}
+        self.conv1 = StdConv2d(cin, mid, 1, **ws)
         self.gn1 = group_norm(mid, eps)
-        self.conv2 = StdConv2d(mid, mid, 3, stride, tf_same=True)
+        self.conv2 = StdConv2d(mid, mid, 3, stride, **ws)
         self.gn2 = group_norm(mid, eps)
-        self.conv3 = StdConv2d(mid, cout, 1, tf_same=True)
+        self.conv3 = StdConv2d(mid, cout, 1, **ws)
         self.gn3 = group_norm(cout, eps)
         nn.init.zeros_(self.gn3.weight)  # official: the unit starts as (projected) identity
         if stride != 1 or cin != cout:
-            self.conv_proj = StdConv2d(cin, cout, 1, stride, tf_same=True)
+            self.conv_proj = StdConv2d(cin, cout, 1, stride, **ws)
             self.gn_proj = group_norm(cout, eps)
         else:
             self.conv_proj = self.gn_proj = None
@@ -144,17 +157,18 @@ class ResNetTrunk(nn.Module):
     preact=True: BiT (root without norm). preact=False: the hybrid stem (root GN + ReLU).
     """
 
-    def __init__(self, blocks: tuple[int, ...], width_factor: float, preact: bool):
+    def __init__(self, blocks: tuple[int, ...], width_factor: float, preact: bool, eps_convention: str = "official"):
         super().__init__()
         base = int(round(64 * width_factor))
         self.preact = preact
-        self.conv_root = StdConv2d(3, base, 7, 2, tf_same=not preact)
-        self.gn_root = None if preact else group_norm(base, 1e-6)
+        self.conv_root = StdConv2d(3, base, 7, 2, tf_same=not preact, eps_convention=eps_convention)
+        self.gn_root = None if preact else group_norm(base, EPS[eps_convention][1])
         unit = PreActBottleneck if preact else Bottleneck
         stages, cin = [], base
         for i, n in enumerate(blocks):
             mid = base * 2**i
-            units = [unit(cin if j == 0 else 4 * mid, 4 * mid, mid, stride=(1 if i == 0 or j > 0 else 2)) for j in range(n)]
+            units = [unit(cin if j == 0 else 4 * mid, 4 * mid, mid, stride=(1 if i == 0 or j > 0 else 2), eps_convention=eps_convention)
+                     for j in range(n)]
             stages.append(nn.Sequential(*units))
             cin = 4 * mid
         self.stages = nn.Sequential(*stages)
@@ -188,7 +202,7 @@ class ResNet(nn.Module):
     def __init__(self, spec: ModelSpec, num_classes: int, image_size: int):
         super().__init__()
         self.spec, self.num_classes, self.image_size = spec, num_classes, image_size
-        self.trunk = ResNetTrunk(spec.blocks, spec.width_factor, preact=True)
+        self.trunk = ResNetTrunk(spec.blocks, spec.width_factor, preact=True, eps_convention=spec.eps_convention)
         self.norm = group_norm(self.trunk.out_channels, 1e-5)
         self.num_features = self.trunk.out_channels
         self.head = _zero_linear(self.num_features, num_classes)
