@@ -186,7 +186,7 @@ def bench_group():
 @click.argument("source")
 @click.option("--image-size", default=224, show_default=True, type=click.IntRange(4), help="Crop size the batches are made at.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Images per batch.")
-@click.option("--workers", default=None, type=click.IntRange(0), help="Decoding processes for on-disk sources [default: one per core beyond the first, at most 8].")
+@click.option("--workers", default=None, type=click.IntRange(0), help="Decoding processes for on-disk sources [default: the cores CPU training leaves free, at most 8].")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Batches timed (after 2 untimed warm-up batches).")
 @click.option("--crop", type=click.Choice(["inception", "resize"]), default="inception", show_default=True, help="Training crop (pre-training: inception; fine-tuning real images: resize).")
 @click.option("--model", default=None, help="Also time a training step of this model (e.g. ViT-Mu/4) on the same batches, for comparison.")

@@ -144,7 +144,7 @@ class RunConfig(Section):
     checkpoint_seconds: PositiveFloat = 60.0
     log_every: PositiveInt = 10
     # Loading of on-disk sources (embedded sources are in memory and use neither):
-    workers: Optional[NonNegativeInt] = Field(None, description="decoding processes; default one per core beyond the first, at most 8")
+    workers: Optional[NonNegativeInt] = Field(None, description="decoding processes; default: the cores training leaves free (GPU: all but one), at most 8")
     prefetch: PositiveInt = Field(2, description="batches each worker prepares ahead")
 
 

@@ -52,7 +52,7 @@ class Context:
         return self._datasets[key]
 
     def loader_settings(self) -> loader.LoaderSettings:
-        workers = self.run.workers if self.run.workers is not None else loader.LoaderSettings.auto_workers()
+        workers = self.run.workers if self.run.workers is not None else loader.LoaderSettings.auto_workers(self.placement.device)
         return loader.LoaderSettings(workers=workers, prefetch=self.run.prefetch, device=self.placement.device)
 
     def stage_dir(self, key: str) -> StageDir:

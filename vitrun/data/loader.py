@@ -43,9 +43,17 @@ class LoaderSettings:
     device: torch.device = torch.device("cpu")  # batches are handed over on it
 
     @staticmethod
-    def auto_workers() -> int:
-        """One per core beyond the first (the first trains), at most 8."""
-        return max(0, min(8, (os.cpu_count() or 1) - 1))
+    def auto_workers(device: torch.device = torch.device("cpu")) -> int:
+        """Cores the training step leaves free, at most 8.
+
+        On a GPU the training process needs about one core: one worker per other core. On
+        a CPU, torch's threads already use every core, and a decoding worker would fight
+        them (on 2 cores, 2 training threads + 1 busy worker ran several times slower):
+        only cores beyond torch's threads get workers, so a small CPU decodes in-process.
+        """
+        cores = os.cpu_count() or 1
+        busy = 1 if device.type == "cuda" else torch.get_num_threads()
+        return max(0, min(8, cores - busy))
 
 
 class EpochOrder:
