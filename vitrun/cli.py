@@ -230,9 +230,8 @@ def bench_data_cmd(source, image_size, batch_size, workers, steps, crop, model, 
 
 def _source_options(items):
     """`--option KEY=VALUE` pairs as SourceOptions (values read as TOML, else text)."""
-    import tomllib
-
     from vitrun.data import SourceOptions
+    from vitrun.recipe import tomllib
 
     fields = {}
     for item in items:

@@ -126,6 +126,25 @@ def test_hub_dataset_without_network_or_cache(monkeypatch, tmp_path):
         _check("hf:uoft-cs/cifar100:plain_text")
 
 
+def test_torchvision_labels_come_from_the_label_list():
+    """A torchvision dataset object (here a stand-in with CIFAR's attributes) read without decoding."""
+    from vitrun.data import tv
+
+    class Stand(torch.utils.data.Dataset):
+        classes = list(CLASSES)
+        targets = [i % 3 for i in range(9)]
+
+        def __len__(self):
+            return 9
+
+        def __getitem__(self, i):
+            return np.asarray(draw(self.targets[i], i).convert("RGB")), self.targets[i]
+
+    images = tv.image_set(Stand(), "Stand")
+    assert images.classes == CLASSES and images.labels.tolist() == Stand.targets
+    assert images.subset([4]).image(0).mode == "RGB"  # arrays come back as PIL images
+
+
 def test_parse_source_strings():
     assert sources.parse("hf:uoft-cs/cifar10:plain_text") == sources.Source("hf", "uoft-cs/cifar10", "plain_text")
     assert sources.parse("hf:/data/my:set/x") == sources.Source("hf", "/data/my:set/x")
