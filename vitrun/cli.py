@@ -213,6 +213,74 @@ def models_cmd(fmt, model_names, image_size):
     _console().print(table)
 
 
+@main.group("bench")
+def bench_group():
+    """Measure throughput: how many images/s a part of the pipeline delivers."""
+
+
+@bench_group.command("data")
+@click.argument("source")
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(4), help="Crop size the batches are made at.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Images per batch.")
+@click.option("--workers", default=None, type=click.IntRange(0), help="Decoding processes for on-disk sources [default: the cores CPU training leaves free, at most 8].")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Batches timed (after 2 untimed warm-up batches).")
+@click.option("--crop", type=click.Choice(["inception", "resize"]), default="inception", show_default=True, help="Training crop (pre-training: inception; fine-tuning real images: resize).")
+@click.option("--model", default=None, help="Also time a training step of this model (e.g. ViT-Mu/4) on the same batches, for comparison.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A source option as in a recipe, e.g. --option label_column=fine_label. Repeatable.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), envvar="VITRUN_CACHE", help="Where generated datasets are cached [env VITRUN_CACHE; default ~/.cache/vitrun].")
+def bench_data_cmd(source, image_size, batch_size, workers, steps, crop, model, options, cache_dir):
+    """Images/s of the training input pipeline for SOURCE (decode + augment + collate).
+
+    SOURCE is what a recipe's `data` takes: an embedded name (`fractal`, `digits`,
+    `shapes`) or KIND:TARGET (`folder:PATH`, `parquet:GLOB`, `arrow:DIR`, `hf:ID`,
+    `torchvision:NAME`). Embedded sources are augmented in memory (workers unused).
+    """
+    from vitrun import data
+    from vitrun.data import bench, loader, sources
+
+    opts = _source_options(options)
+    workers = loader.LoaderSettings.auto_workers() if workers is None else workers
+    try:
+        if data.is_embedded(source):
+            if source not in data.SOURCES:
+                _fail(f"{source}: unknown data source (embedded: {', '.join(data.SOURCES)}; or KIND:TARGET with KIND one of {', '.join(sources.KINDS)})")
+        else:
+            sources.check(source, opts, cache_dir)
+        if model:
+            from vitrun.models import spec
+
+            spec(model)
+        result = bench.measure(source, image_size=image_size, batch_size=batch_size, workers=workers, steps=steps, crop=crop, model=model, cache_dir=cache_dir, options=opts)
+    except (data.SourceError, ValueError) as err:
+        _fail(f"{source}: {err}" if not str(err).startswith(source) else str(err))
+    console = _console()
+    in_memory = data.is_embedded(source)
+    how = "in memory, batched augmentation" if in_memory else f"{result.workers} workers"
+    console.print(f"{source}: {result.train_images} training images; {result.steps} batches of {result.batch_size} at {result.image_size} px ({how})")
+    console.print(f"  input pipeline: [bold]{result.images_per_s:,.0f} images/s[/bold] ({1000 * result.seconds / result.steps:.1f} ms per batch)")
+    if result.model_seconds:
+        ratio = result.images_per_s / result.model_images_per_s
+        verdict = "keeps the model busy" if ratio >= 1.5 else "about even with the model: little slack" if ratio >= 1 else "slower than the model: training waits for data"
+        console.print(f"  {result.model} training step: {result.model_images_per_s:,.0f} images/s ({1000 * result.model_seconds:.1f} ms per batch); loader/model = {ratio:.1f}x, {verdict}")
+
+
+def _source_options(items):
+    """`--option KEY=VALUE` pairs as SourceOptions (values read as TOML, else text)."""
+    from vitrun.data import SourceOptions
+    from vitrun.recipe import tomllib
+
+    fields = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key.strip() not in SourceOptions.__dataclass_fields__:
+            _fail(f"--option {item}: expected KEY=VALUE with KEY one of {', '.join(SourceOptions.__dataclass_fields__)}")
+        try:
+            fields[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            fields[key.strip()] = text
+    return SourceOptions(**fields)
+
+
 # -- helpers ---------------------------------------------------------------------------
 
 def _first_comment(path: Path) -> str:

@@ -10,6 +10,7 @@ import copy
 import difflib
 import itertools
 import json
+import os
 import sys
 import typing
 from dataclasses import dataclass
@@ -195,13 +196,29 @@ def _validate(path: Path, variant: dict[str, Any], sweep: dict[str, list[Any]], 
 
 
 def _check_sources(path: Path, recipe: Recipe) -> None:
-    from vitrun import data
+    """Every data source of the recipe exists and opens here (see vitrun/data/sources.py).
 
-    checks = [("pretrain.data", recipe.pretrain.data)]
-    checks += [(f"transfer[{i}].data", t.data) for i, t in enumerate(recipe.transfer)]
-    for key, source in checks:
-        if source not in data.SOURCES:
-            raise RecipeError(f"{path}: {key}: unknown data source {source!r}{_suggest(source, list(data.SOURCES))}")
+    Runs for `vitrun validate` and before `vitrun recipe` writes anything: local files are
+    checked by reading metadata, a dataset to download by a cache lookup or a probe of a
+    few seconds. Results are cached, so a sweep of many variants checks each source once.
+    """
+    from vitrun import data
+    from vitrun.data import sources
+
+    sections = [("pretrain", recipe.pretrain)] + [(f"transfer[{i}]", t) for i, t in enumerate(recipe.transfer)]
+    for where, section in sections:
+        source = section.data
+        options = data.SourceOptions.of(section.model_dump())
+        try:
+            if data.is_embedded(source):
+                if source not in data.SOURCES:
+                    hint = _suggest(source, list(data.SOURCES)) or f" (embedded: {', '.join(data.SOURCES)}; or KIND:TARGET with KIND one of {', '.join(sources.KINDS)})"
+                    raise data.SourceError("data", f"unknown data source {source!r}{hint}")
+                sources.check_options(sources.parse(source), options)
+            else:
+                sources.check(source, options, os.environ.get("VITRUN_CACHE"))
+        except data.SourceError as err:
+            raise RecipeError(f"{path}: {where}.{err.key}: {err}") from None
 
 
 def _describe(err: ValidationError, sweep: dict[str, list[Any]], label: str) -> str:

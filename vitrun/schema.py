@@ -7,9 +7,9 @@ types are rejected; nothing here imports torch, so `vitrun validate` stays fast.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_serializer, model_validator
 
 from vitrun.models import registry as model_registry
 
@@ -43,11 +43,50 @@ class ModelConfig(BaseModel):
         return asdict(model_registry.spec(self.name, **self.options()))
 
 
-class PretrainConfig(Section):
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class DataFields(Section):
+    """Where a section's images come from: `data` and the source's options.
+
+    Shared by `[pretrain]` and `[[transfer]]`. `data` is an embedded name (`fractal`,
+    `digits`, `shapes`) or `KIND:TARGET` (`hf:`, `parquet:`, `arrow:`, `torchvision:`,
+    `folder:`; see vitrun/data/sources.py); which options apply to which kind is checked
+    when the recipe loads. Options change the data, so they are part of stage keys; an
+    option left unset is left out of the stage config, so adding options to vitrun does
+    not change the keys of existing results.
+    """
+
+    data: str
+    classes: Optional[PositiveInt] = Field(None, description="classes to generate (generators); else the first N classes")
+    config: Optional[str] = Field(None, description="hf: dataset configuration (or hf:ID:CONFIG)")
+    train_split: Optional[str] = Field(None, description='split (or subfolder) to train on; default "train"')
+    test_split: Optional[str] = Field(None, description='split to test on; default "test", else "validation"')
+    image_column: Optional[str] = Field(None, description="hf/parquet/arrow: default the first Image feature")
+    label_column: Optional[str] = Field(None, description="hf/parquet/arrow: default the first ClassLabel, else 'label'")
+    root: Optional[str] = Field(None, description="torchvision: folder holding the files; default <cache>/torchvision")
+    download: bool = Field(False, description="torchvision: download into root when missing (needs a network)")
+    test_fraction: Optional[Fraction] = Field(None, description="share of train held out as test when a source has no test split; default 0.2")
+    dev_fraction: Optional[Fraction] = Field(None, description="held-out share of train for learning-rate selection; default per dataset")
+    crop: Optional[Literal["inception", "resize"]] = Field(None, description="training crop; default inception for pre-training, resize for fine-tuning real images")
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_options(self, handler):
+        dumped = handler(self)
+        for name in _SOURCE_OPTIONS:
+            if name in dumped and dumped[name] == DataFields.model_fields[name].default:
+                del dumped[name]
+        return dumped
+
+
+# Keys added with real sources: left out of stage configs while unset (see DataFields).
+_SOURCE_OPTIONS = ("config", "train_split", "test_split", "image_column", "label_column", "root", "download", "test_fraction", "dev_fraction", "crop")
+
+
+class PretrainConfig(DataFields):
     """`[pretrain]`: upstream training (Adam, warm-up, linear decay; paper Table 3)."""
 
     data: str = "fractal"
-    classes: Optional[PositiveInt] = Field(None, description="classes to generate (generated sources)")
     size: Optional[PositiveInt] = Field(None, description="class-balanced subset of N training images")
     image_size: PositiveInt = 224
     steps: PositiveInt
@@ -84,12 +123,10 @@ class FewshotConfig(Section):
     draws: PositiveInt = 3  # random draws of the k shots, accuracy averaged
 
 
-class TransferConfig(Section):
+class TransferConfig(DataFields):
     """One `[[transfer]]` dataset: fine-tuned on and evaluated few-shot."""
 
-    data: str
     name: Optional[str] = None
-    classes: Optional[PositiveInt] = None
     per_class: Optional[PositiveInt] = None
 
     @property
@@ -106,6 +143,9 @@ class RunConfig(Section):
     threads: Optional[PositiveInt] = None
     checkpoint_seconds: PositiveFloat = 60.0
     log_every: PositiveInt = 10
+    # Loading of on-disk sources (embedded sources are in memory and use neither):
+    workers: Optional[NonNegativeInt] = Field(None, description="decoding processes; default: the cores training leaves free (GPU: all but one), at most 8")
+    prefetch: PositiveInt = Field(2, description="batches each worker prepares ahead")
 
 
 Column = Union[str, list[str]]

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitrun import data, models
-from vitrun.data import augment, sampling
+from vitrun.data import loader, sampling
+from vitrun.data.options import SourceOptions
 from vitrun.engine import checkpoint
 from vitrun.engine.device import Placement
 from vitrun.engine.loop import LoopSettings, decay_groups, train
@@ -37,12 +38,22 @@ class Context:
     on_step: Callable[[int, float], None] | None = None
     _datasets: dict[tuple, data.Dataset] = field(default_factory=dict)
 
-    def dataset(self, source: str, image_size: int, classes: int | None = None, per_class: int | None = None) -> data.Dataset:
-        """Load once per run: transfer sets are shared by every pre-trained model."""
-        key = (source, image_size, classes, per_class)
+    def dataset(self, section: dict[str, Any], image_size: int, classes: int | None = None, per_class: int | None = None) -> data.Dataset:
+        """Load once per run: transfer sets are shared by every pre-trained model.
+
+        section: the stage config's [pretrain] or [transfer] table (source name and options).
+        """
+        source, options = section["data"], SourceOptions.of(section)
+        # Real sources are decoded at whatever size a batch asks for: one load serves all.
+        size = image_size if data.is_embedded(source) else None
+        key = (source, options, size, classes, per_class)
         if key not in self._datasets:
-            self._datasets[key] = data.load(source, image_size=image_size, classes=classes, per_class=per_class, cache_dir=self.cache_dir)
+            self._datasets[key] = data.load(source, image_size=image_size, classes=classes, per_class=per_class, cache_dir=self.cache_dir, options=options)
         return self._datasets[key]
+
+    def loader_settings(self) -> loader.LoaderSettings:
+        workers = self.run.workers if self.run.workers is not None else loader.LoaderSettings.auto_workers(self.placement.device)
+        return loader.LoaderSettings(workers=workers, prefetch=self.run.prefetch, device=self.placement.device)
 
     def stage_dir(self, key: str) -> StageDir:
         return self.store.stage(self.experiment, key)
@@ -72,15 +83,18 @@ def pretrain(stage: Stage, ctx: Context) -> dict[str, Any]:
     cfg, p = stage.config, stage.config["pretrain"]
     ds = _pretrain_data(cfg, ctx)
     train_set = ds.train.subset(sampling.balanced_subset(ds.train.labels, p["size"], cfg["seed"])) if p["size"] else ds.train
+    # Initialisation from the recipe's seed: torch seeds each new process at random, so
+    # without this the same stage gave different weights in different runs.
+    torch.manual_seed(cfg["seed"])
     model = models.build(_spec(cfg), ds.num_classes, p["image_size"]).to(ctx.placement.device)
     optimizer = torch.optim.AdamW(decay_groups(model, p["weight_decay"]), lr=p["lr"], betas=tuple(p["betas"]))
     loss_fn = _sigmoid_xent if p.get("loss") == "sigmoid" else F.cross_entropy
-    summary = _train(stage, ctx, model, optimizer, train_set, p["image_size"], loss_fn, p)
+    summary = _train(stage, ctx, model, optimizer, train_set, p["image_size"], loss_fn, p, p.get("crop") or "inception")
     sd = ctx.stage_dir(stage.key)
     checkpoint.save_weights(sd.weights_file, model)
     return {
         **summary,
-        "accuracy": accuracy(model, ds.test, p["image_size"], ctx.placement),
+        "accuracy": accuracy(model, ds.test, p["image_size"], ctx),
         "num_classes": ds.num_classes,
         "train_images": len(train_set),
         "images_seen": p["steps"] * p["batch_size"],
@@ -89,7 +103,7 @@ def pretrain(stage: Stage, ctx: Context) -> dict[str, Any]:
 
 def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
     cfg, f, t = stage.config, stage.config["finetune"], stage.config["transfer"]
-    ds = ctx.dataset(t["data"], f["image_size"], t["classes"], t["per_class"])
+    ds = ctx.dataset(t, f["image_size"], t["classes"], t["per_class"])
     model = _pretrained(stage, ctx)
     # Fine-tuning protocol (App. B.1.1): the whole pre-training head goes, a zero-initialised
     # linear layer comes; a higher resolution resamples the position embeddings in 2-D.
@@ -97,20 +111,21 @@ def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
     model.set_image_size(f["image_size"])
     model.to(ctx.placement.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=f["lr"], momentum=f["momentum"], weight_decay=0.0)
-    summary = _train(stage, ctx, model, optimizer, ds.train, f["image_size"], F.cross_entropy, {**f, "schedule": "cosine"})
-    return {**summary, "accuracy": accuracy(model, ds.test, f["image_size"], ctx.placement), "train_images": len(ds.train)}
+    crop = t.get("crop") or _default_finetune_crop(t["data"])
+    summary = _train(stage, ctx, model, optimizer, ds.train, f["image_size"], F.cross_entropy, {**f, "schedule": "cosine"}, crop)
+    return {**summary, "accuracy": accuracy(model, ds.test, f["image_size"], ctx), "train_images": len(ds.train)}
 
 
 def fewshot(stage: Stage, ctx: Context) -> dict[str, Any]:
     cfg, s, t = stage.config, stage.config["fewshot"], stage.config["transfer"]
     image_size = cfg["pretrain"]["image_size"]
-    ds = ctx.dataset(t["data"], image_size, t["classes"], t["per_class"])
+    ds = ctx.dataset(t, image_size, t["classes"], t["per_class"])
     model = _pretrained(stage, ctx).to(ctx.placement.device)
-    test_x = features(model, ds.test, image_size, ctx.placement)
+    test_x = features(model, ds.test, image_size, ctx)
     scores = []
     for draw in range(s["draws"]):
         shots = sampling.k_shot(ds.train.labels, s["shots"], cfg["seed"] * 1000 + draw)
-        train_x = features(model, ds.train.subset(shots), image_size, ctx.placement)
+        train_x = features(model, ds.train.subset(shots), image_size, ctx)
         predicted = linear_fewshot(train_x, ds.train.labels[shots], test_x, s["l2_reg"])
         scores.append((predicted.cpu() == ds.test.labels).double().mean().item())
     return {"accuracy": sum(scores) / len(scores), "accuracy_per_draw": scores, "feature_dim": test_x.shape[1]}
@@ -136,7 +151,7 @@ def _pretrain_data(cfg: dict[str, Any], ctx: Context) -> data.Dataset:
     if p["size"] and generator:
         classes = classes or generator.DEFAULT_CLASSES
         per_class = math.ceil(p["size"] / classes)
-    return ctx.dataset(p["data"], p["image_size"], classes, per_class)
+    return ctx.dataset(p, p["image_size"], classes, per_class)
 
 
 def _pretrained(stage: Stage, ctx: Context) -> nn.Module:
@@ -150,15 +165,18 @@ def _pretrained(stage: Stage, ctx: Context) -> nn.Module:
     return model
 
 
-def _train(stage, ctx, model, optimizer, images: data.ImageSet, image_size: int, loss_fn, section: dict) -> dict[str, Any]:
-    seed, batch_size = stage.config["seed"], section["batch_size"]
-    order = _EpochOrder(len(images), seed)
+def _default_finetune_crop(source: str) -> str:
+    """The paper's fine-tuning crop is "resize" (shorter side to the target, random crop, flip).
 
-    def batch_at(step: int):
-        idx = order.batch(step, batch_size)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        return augment.random_crop_flip(images.images[idx], image_size, gen), images.labels[idx]
+    Embedded images are generated square at the target size, where that crop is only a
+    flip; they keep the inception crop the quickstart was measured with.
+    """
+    return "inception" if data.is_embedded(source) else "resize"
 
+
+def _train(stage, ctx, model, optimizer, images, image_size: int, loss_fn, section: dict, crop: str) -> dict[str, Any]:
+    seed = stage.config["seed"]
+    batch_at = loader.train_batches(images, image_size, section["batch_size"], section["steps"], seed, crop, ctx.loader_settings())
     settings = LoopSettings(
         steps=section["steps"],
         warmup_steps=section["warmup_steps"],
@@ -170,23 +188,6 @@ def _train(stage, ctx, model, optimizer, images: data.ImageSet, image_size: int,
     return train(model, optimizer, batch_at, loss_fn, settings, ctx.placement, ctx.stage_dir(stage.key), seed, ctx.on_step)
 
 
-class _EpochOrder:
-    """Sampling without replacement, a fresh permutation per epoch, any batch found by step."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self._perms = n, seed, {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            self._perms = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))}
-        return self._perms[epoch]
-
-    def batch(self, step: int, batch_size: int) -> torch.Tensor:
-        positions = torch.arange(step * batch_size, (step + 1) * batch_size)
-        epochs, offsets = positions // self.n, positions % self.n
-        return torch.cat([self._perm(int(e))[offsets[epochs == e]] for e in epochs.unique()])
-
-
 def _sigmoid_xent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """big_vision's sigmoid cross-entropy: per-class binary losses, summed over classes."""
     targets = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
@@ -194,22 +195,21 @@ def _sigmoid_xent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _map_batches(fn, images: data.ImageSet, image_size: int, placement: Placement) -> torch.Tensor:
+def _map_batches(fn, images, image_size: int, ctx: Context) -> torch.Tensor:
     out = []
-    for start in range(0, len(images), EVAL_BATCH):
-        x = augment.center(images.images[start : start + EVAL_BATCH], image_size).to(placement.device)
-        with placement.autocast():
-            out.append(fn(x).float())
+    for x, _ in loader.eval_batches(images, image_size, EVAL_BATCH, ctx.loader_settings()):
+        with ctx.placement.autocast():
+            out.append(fn(x.to(ctx.placement.device)).float())
     return torch.cat(out)
 
 
-def features(model: nn.Module, images: data.ImageSet, image_size: int, placement: Placement) -> torch.Tensor:
+def features(model: nn.Module, images, image_size: int, ctx: Context) -> torch.Tensor:
     """Frozen representations (pre-logits or pooled), (N, F), for few-shot evaluation."""
     model.eval()
-    return _map_batches(model.representation, images, image_size, placement)
+    return _map_batches(model.representation, images, image_size, ctx)
 
 
-def accuracy(model: nn.Module, images: data.ImageSet, image_size: int, placement: Placement) -> float:
+def accuracy(model: nn.Module, images, image_size: int, ctx: Context) -> float:
     model.eval()
-    logits = _map_batches(model, images, image_size, placement)
+    logits = _map_batches(model, images, image_size, ctx)
     return (logits.argmax(1).cpu() == images.labels).double().mean().item()

@@ -1,10 +1,15 @@
-"""Data sources that need no network, as in-memory uint8 image sets.
+"""Data sources: embedded in-memory image sets, and real datasets read from disk.
 
-``load(source, image_size=...)`` returns a ``Dataset`` (train and test ``ImageSet``s):
+``load(source, image_size=...)`` returns a ``Dataset`` (train and test splits). Embedded
+sources (no network, uint8 ``ImageSet``s in memory, augmented a batch at a time):
 
 * ``fractal``: FractalDB-style pre-training set, one random IFS per class (``fractal.py``);
 * ``digits``: scikit-learn's 8x8 handwritten digits, upsampled (``digits.py``);
 * ``shapes``: ten procedurally drawn geometric shapes on textured backgrounds (``shapes.py``).
+
+Real sources, ``hf:`` ``parquet:`` ``arrow:`` ``torchvision:`` ``folder:`` (``sources.py``),
+open as ``LazyImageSet``s: labels in memory, images decoded by data-loader workers
+(``loader.py``, per-image views in ``transforms.py``).
 
 Generated sets are cached as .npz files (``cache.py``); class-balanced subsets, k-shot
 sets and hold-out splits come from ``sampling.py``; batch augmentation from ``augment.py``.
@@ -12,6 +17,7 @@ sets and hold-out splits come from ``sampling.py``; batch augmentation from ``au
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from pathlib import Path
 from types import ModuleType
@@ -22,9 +28,11 @@ import torch
 from vitrun.data import digits, fractal, shapes
 from vitrun.data.cache import cache_root, cached_generate
 from vitrun.data.imageset import Dataset, ImageSet
+from vitrun.data.lazy import LazyImageSet
+from vitrun.data.options import SourceError, SourceOptions
 from vitrun.data.sampling import k_shot
 
-__all__ = ["SOURCES", "Dataset", "ImageSet", "load"]
+__all__ = ["SOURCES", "Dataset", "ImageSet", "LazyImageSet", "SourceError", "SourceOptions", "load", "is_embedded"]
 
 SOURCES: dict[str, str] = {
     "fractal": "FractalDB-style IFS fractals, any number of classes and images (generated, pre-training)",
@@ -35,6 +43,11 @@ SOURCES: dict[str, str] = {
 GENERATORS: dict[str, ModuleType] = {"fractal": fractal, "shapes": shapes}
 
 
+def is_embedded(source: str) -> bool:
+    """Whether ``source`` names an embedded (in-memory) set rather than a ``KIND:TARGET`` source."""
+    return ":" not in source
+
+
 def load(
     source: str,
     *,
@@ -43,29 +56,37 @@ def load(
     classes: int | None = None,
     per_class: int | None = None,
     cache_dir: str | Path | None = None,
+    options: SourceOptions | None = None,
 ) -> Dataset:
-    """Load an embedded source with images of ``image_size`` x ``image_size`` (uint8).
+    """Load a source: embedded ones as uint8 images of ``image_size`` x ``image_size``,
+    real ones (``KIND:TARGET``) as lazily decoded images of any size (``image_size`` unused).
 
     classes, per_class: for generators, how many classes and train images per class to make
     (defaults: the generator's); test images per class are fixed by the generator. For
-    digits, keep the first ``classes`` classes and ``per_class`` seeded train images of each
-    (ValueError past what exists).
-    seed: generators draw everything from it; digits uses it only to pick ``per_class`` images.
-    cache_dir: where generated sets are cached; default $VITRUN_CACHE or ~/.cache/vitrun.
+    digits and real sources, keep the first ``classes`` classes and ``per_class`` seeded
+    train images of each (ValueError past what exists).
+    seed: generators draw everything from it; other sources use it only to pick ``per_class`` images.
+    cache_dir: where generated sets (and torchvision's default root) live; default $VITRUN_CACHE or ~/.cache/vitrun.
+    options: real sources' settings (splits, columns, root ...); see ``options.SourceOptions``.
     """
+    for name, value in (("classes", classes), ("per_class", per_class)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not is_embedded(source):
+        from vitrun.data import sources
+
+        return _restrict(sources.open_dataset(source, options or SourceOptions(), cache_dir), seed, classes, per_class)
     if source not in SOURCES:
         close = difflib.get_close_matches(source, SOURCES, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(SOURCES))}"
         raise ValueError(f"unknown data source {source!r} ({hint})")
     if not isinstance(image_size, int) or image_size < 4:
         raise ValueError(f"image_size must be an integer >= 4, got {image_size!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    for name, value in (("classes", classes), ("per_class", per_class)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
     if source == "digits":
-        return _load_digits(image_size, seed, classes, per_class)
+        train, test = digits.load_split(image_size)
+        return _restrict(Dataset("digits", train, test), seed, classes, per_class)
     return _load_generated(source, image_size, seed, classes, per_class, cache_dir)
 
 
@@ -95,21 +116,23 @@ def _load_generated(source, image_size, seed, classes, per_class, cache_dir) -> 
     return Dataset(source, _class_major(train, names), _class_major(test, names))
 
 
-def _load_digits(image_size, seed, classes, per_class) -> Dataset:
-    train, test = digits.load_split(image_size)
+def _restrict(ds: Dataset, seed: int, classes: int | None, per_class: int | None) -> Dataset:
+    """The first ``classes`` classes, and ``per_class`` seeded train images of each."""
+    train, test, validation = ds.train, ds.test, ds.validation
     if classes is not None:
-        if classes > len(digits.CLASSES):
-            raise ValueError(f"digits has {len(digits.CLASSES)} classes, asked for {classes}")
+        if classes > ds.num_classes:
+            raise ValueError(f"{ds.name} has {ds.num_classes} classes, asked for {classes}")
         train, test = _first_classes(train, classes), _first_classes(test, classes)
+        validation = _first_classes(validation, classes) if validation is not None else None
     if per_class is not None:
-        available = int(torch.bincount(train.labels).min())
+        available = int(torch.bincount(train.labels, minlength=len(train.classes)).min())
         if per_class > available:
-            raise ValueError(f"digits has {available} train images in its smallest class, asked for {per_class}")
+            raise ValueError(f"{ds.name} has {available} train images in its smallest class, asked for {per_class}")
         train = train.subset(k_shot(train.labels, per_class, seed))
-    return Dataset("digits", train, test)
+    return Dataset(ds.name, train, test, validation)
 
 
-def _first_classes(images: ImageSet, classes: int) -> ImageSet:
-    """The images of labels 0..classes-1, with the class list cut to match."""
+def _first_classes(images, classes: int):
+    """The images of labels 0..classes-1, with the class list cut to match (ImageSet or LazyImageSet)."""
     keep = torch.nonzero(images.labels < classes).flatten()
-    return ImageSet(images.images[keep], images.labels[keep], images.classes[:classes])
+    return dataclasses.replace(images.subset(keep), classes=images.classes[:classes])

@@ -50,15 +50,28 @@ class ImageSet:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A named train/test pair over one class list."""
+    """A named train/test pair over one class list, plus the source's validation split if it has one.
+
+    The splits are ``ImageSet``s (embedded sources, in memory) or ``lazy.LazyImageSet``s
+    (sources on disk, decoded on demand); both offer labels, classes, len and subset.
+    The paper's learning-rate dev split is carved from ``train`` (``sources.dev_split``),
+    not taken from ``validation``.
+    """
 
     name: str
-    train: ImageSet
+    train: ImageSet  # or LazyImageSet
     test: ImageSet
+    validation: ImageSet | None = None
 
     def __post_init__(self) -> None:
-        if self.train.classes != self.test.classes:
-            raise ValueError(f"dataset {self.name!r}: train and test class lists differ")
+        for split in (self.test, self.validation):
+            if split is not None and split.classes != self.train.classes:
+                raise ValueError(f"dataset {self.name!r}: train and test class lists differ")
+
+    def counts(self) -> dict[str, int]:
+        """Images per split, e.g. {"train": 1198, "test": 599}."""
+        splits = {"train": self.train, "validation": self.validation, "test": self.test}
+        return {name: len(split) for name, split in splits.items() if split is not None}
 
     @property
     def num_classes(self) -> int:

@@ -1,0 +1,101 @@
+"""Image sets read from disk on demand: labels in memory, pixels decoded only when asked.
+
+A ``LazyImageSet`` offers what sampling and the stages need from an ``ImageSet``
+(``labels``, ``classes``, ``len``, ``subset``) without holding any pixels, so class-balanced
+subsets, k-shot sets and dev splits of a 1M-image source cost one label vector. Pixels come
+from a *reader*, one object per source split that maps a row number to a decoded PIL image;
+readers are small and picklable, so data-loader workers decode in parallel.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+class Reader(Protocol):
+    def read(self, row: int) -> Image.Image:
+        """The image at ``row`` of the source split, any size and mode."""
+
+
+@dataclass(frozen=True)
+class FileReader:
+    """Image files on disk, one path per row (image folders)."""
+
+    paths: tuple[str, ...]
+
+    def read(self, row: int) -> Image.Image:
+        return Image.open(self.paths[row])
+
+
+@dataclass(frozen=True)
+class HFReader:
+    """One column of a Hugging Face ``datasets.Dataset`` cast to ``Image(decode=False)``.
+
+    Rows come back as {"bytes", "path"} from the memory-mapped Arrow file; we decode them
+    with PIL ourselves, so nothing is decoded until a worker asks for it.
+    """
+
+    dataset: object  # datasets.Dataset, the image column only
+    column: str
+
+    def read(self, row: int) -> Image.Image:
+        item = self.dataset[int(row)][self.column]
+        if item.get("bytes"):
+            return Image.open(io.BytesIO(item["bytes"]))
+        return Image.open(item["path"])
+
+
+@dataclass(frozen=True)
+class TorchvisionReader:
+    """A torchvision dataset built with no transform: item 0 of ``dataset[row]`` is a PIL image."""
+
+    dataset: object
+
+    def read(self, row: int) -> Image.Image:
+        image = self.dataset[int(row)][0]
+        return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+
+
+# eq=False: tensor fields (see ImageSet).
+@dataclass(frozen=True, eq=False)
+class LazyImageSet:
+    """Labelled images of one source split, decoded on demand.
+
+    reader: decodes row r of the source split.
+    rows: int64 (N,), the reader rows of this set (a subset keeps the reader, narrows rows).
+    labels: int64 (N,), values in [0, len(classes)).
+    """
+
+    reader: Reader
+    rows: np.ndarray
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.labels.dtype != torch.int64 or self.labels.shape != (len(self.rows),):
+            raise ValueError(f"labels must be int64 ({len(self.rows)},), got {self.labels.dtype} {tuple(self.labels.shape)}")
+        object.__setattr__(self, "classes", tuple(self.classes))
+
+    @classmethod
+    def of(cls, reader: Reader, labels: Sequence[int], classes: Sequence[str]) -> "LazyImageSet":
+        labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        return cls(reader, np.arange(len(labels), dtype=np.int64), labels, tuple(classes))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def image(self, i: int) -> Image.Image:
+        """Image ``i`` of this set, decoded (any size and mode: see ``transforms.to_rgb``)."""
+        return self.reader.read(int(self.rows[i]))
+
+    def subset(self, indices) -> "LazyImageSet":
+        """The images at ``indices`` (1-D ints, or a boolean mask), same class list."""
+        idx = torch.as_tensor(indices)
+        idx = torch.nonzero(idx).flatten() if idx.dtype == torch.bool else idx.to(torch.int64)
+        return LazyImageSet(self.reader, self.rows[idx.numpy()], self.labels[idx], self.classes)
