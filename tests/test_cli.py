@@ -133,3 +133,11 @@ def test_quickstart_end_to_end(tmp_path):
     first = doc["tables"][0]
     assert len(first["index"]) == 3 and len(first["columns"]) == 3
     assert all(0 <= v <= 100 for row in first["data"] for v in row)
+
+
+def test_errors_quote_toml_tables_verbatim(write_recipe):
+    """`[finetune]` in a message is TOML, not rich markup: it must reach the user as written."""
+    path = write_recipe(TINY.split("[[transfer]]")[0])  # fine-tuning without a transfer dataset
+    proc = subprocess.run([sys.executable, "-m", "vitrun.cli", "validate", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "[finetune] and [fewshot] need at least one [[transfer]] dataset" in proc.stderr

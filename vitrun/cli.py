@@ -23,7 +23,9 @@ def _console(stderr: bool = False):
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
-    _console(stderr=True).print(f"[bold red]error:[/bold red] {message}", soft_wrap=True, markup=True)
+    from rich.markup import escape  # messages quote TOML tables such as [finetune]: not markup
+
+    _console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True, markup=True)
     sys.exit(code)
 
 
@@ -264,20 +266,63 @@ def bench_data_cmd(source, image_size, batch_size, workers, steps, crop, model, 
         console.print(f"  {result.model} training step: {result.model_images_per_s:,.0f} images/s ({1000 * result.model_seconds:.1f} ms per batch); loader/model = {ratio:.1f}x, {verdict}")
 
 
+@bench_group.command("model")
+@click.argument("name")
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(4), help="Input resolution.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Images per step.")
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1), help="Timed steps per model and kind of work (after 2 warm-up steps); the median counts.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda when there is one).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="auto: bf16 autocast on GPU, fp32 on CPU.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A model option as in a recipe's [model], e.g. --option classifier=gap. Repeatable.")
+def bench_model_cmd(name, image_size, batch_size, repeats, device, precision, options):
+    """Images/s of model NAME against timm's same architecture, in one run.
+
+    Inference (eval, no grad) and a training step (forward, backward, SGD update) of our
+    model and of its timm twin (same weights, built by vitrun.interop.to_timm), timed in
+    turns so a busy machine favours neither. Needs timm for the comparison (pip install timm).
+    """
+    from vitrun.benchmark import bench_model
+    from vitrun.engine.device import place
+    from vitrun.models import spec
+    from vitrun.recipe import toml_value
+
+    fields = {}
+    for item in options:
+        key, sep, text = item.partition("=")
+        if not sep:
+            _fail(f"--option {item}: expected KEY=VALUE, e.g. --option classifier=gap")
+        fields[key.strip()] = toml_value(text)
+    try:
+        spec(name, **fields)
+        placement = place(device, precision)
+        timings = bench_model(name, placement, image_size, batch_size, repeats, **fields)
+    except (ValueError, RuntimeError) as err:
+        _fail(str(err))
+    from rich.table import Table
+
+    table = Table(title=f"{name} at {image_size} px, batch {batch_size}, {placement.describe()}", title_justify="left", header_style="bold")
+    for column in ("work", "vitrun img/s", "timm img/s", "vitrun / timm"):
+        table.add_column(column, justify="left" if column == "work" else "right")
+    for work in dict.fromkeys(t.work for t in timings):
+        ours = next(t.images_per_s for t in timings if t.work == work and t.model == "vitrun")
+        theirs = next((t.images_per_s for t in timings if t.work == work and t.model == "timm"), None)
+        table.add_row(work, f"{ours:,.1f}", "–" if theirs is None else f"{theirs:,.1f}", "–" if theirs is None else f"{ours / theirs:.2f}x")
+    if not any(t.model == "timm" for t in timings):
+        table.caption = "timm is not installed: pip install timm for the comparison"
+    _console().print(table)
+
+
 def _source_options(items):
     """`--option KEY=VALUE` pairs as SourceOptions (values read as TOML, else text)."""
     from vitrun.data import SourceOptions
-    from vitrun.recipe import tomllib
+    from vitrun.recipe import toml_value
 
     fields = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or key.strip() not in SourceOptions.__dataclass_fields__:
             _fail(f"--option {item}: expected KEY=VALUE with KEY one of {', '.join(SourceOptions.__dataclass_fields__)}")
-        try:
-            fields[key.strip()] = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            fields[key.strip()] = text
+        fields[key.strip()] = toml_value(text)
     return SourceOptions(**fields)
 
 

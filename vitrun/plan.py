@@ -78,6 +78,8 @@ def _variant_stages(recipe: Recipe) -> list[Stage]:
         "model": recipe.model.resolved(),
         "pretrain": recipe.pretrain.model_dump(mode="json"),
     }
+    if recipe.model.init:  # only when set: recipes without one keep their keys
+        upstream["init"] = recipe.model.init
     pretrain = make_stage("pretrain", upstream)
     out = [pretrain]
     for transfer in recipe.transfer:

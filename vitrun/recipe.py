@@ -114,10 +114,7 @@ def _apply_override(path: Path, raw: dict[str, Any], item: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise RecipeError(f"--set {item}: expected KEY=VALUE, e.g. --set pretrain.steps=100")
-    try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text
+    value = toml_value(text)
     tables = _sweep_tables(raw)
     if key.startswith("sweep."):
         for table in tables or [raw.setdefault("sweep", {})]:  # a sweep key joins every [[sweep]] table
@@ -134,6 +131,14 @@ def _apply_override(path: Path, raw: dict[str, Any], item: str) -> None:
                 del table[k]  # a single value fixes a swept key
     if not replaced:
         _set_dotted(raw, canonical.split("."), value)
+
+
+def toml_value(text: str) -> Any:
+    """A command-line value read as TOML (numbers, booleans, lists), else taken as text."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 def _sweep_tables(raw: dict[str, Any]) -> list[dict[str, Any]]:
@@ -187,12 +192,23 @@ def _set_dotted(tree: dict[str, Any], parts: list[str], value: Any) -> None:
 # -- validation ------------------------------------------------------------------------
 
 def _validate(path: Path, variant: dict[str, Any], sweep: dict[str, list[Any]], label: str = "sweep") -> Recipe:
+    _anchor_init_path(path, variant)
     try:
         recipe = Recipe.model_validate(variant)
     except ValidationError as err:
         raise RecipeError(f"{path}: {_describe(err, sweep, label)}") from None
     _check_sources(path, recipe)
     return recipe
+
+
+def _anchor_init_path(path: Path, variant: dict[str, Any]) -> None:
+    """A relative `npz:` init is relative to the recipe's folder, wherever vitrun runs from."""
+    model = variant.get("model")
+    init = model.get("init") if isinstance(model, dict) else None
+    if isinstance(init, str) and init.startswith("npz:"):
+        target = Path(init[len("npz:"):]).expanduser()
+        if not target.is_absolute():
+            model["init"] = f"npz:{(path.parent / target).resolve()}"
 
 
 def _check_sources(path: Path, recipe: Recipe) -> None:

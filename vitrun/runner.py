@@ -85,7 +85,8 @@ def run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: C
                 sd.finish(_stage_record(stage, experiment, metrics, wall, training_flops(stage), placement.describe(), torch.__version__))
             summary.ran.append(stage.key)
             progress.advance(overall)
-            console.print(f"[green]✓[/green] {describe(stage, swept)}  accuracy {metrics['accuracy']:.1%}  [dim]{wall:.1f}s[/dim]", soft_wrap=True)
+            accuracy = "–" if metrics["accuracy"] is None else f"{metrics['accuracy']:.1%}"
+            console.print(f"[green]✓[/green] {describe(stage, swept)}  accuracy {accuracy}  [dim]{wall:.1f}s[/dim]", soft_wrap=True)
     return summary
 
 

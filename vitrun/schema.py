@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_serializer, model_validator
 
 from vitrun.models import registry as model_registry
 
@@ -27,6 +27,18 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True, strict=True)
     name: str
+    # Start from pre-trained weights: "timm:NAME" (timm's weights, from the Hugging Face hub or
+    # its cache) or "npz:PATH" (an official Google checkpoint; relative to the recipe's folder).
+    init: Optional[str] = None
+
+    @field_validator("init")
+    @classmethod
+    def _loadable(cls, init: Optional[str]) -> Optional[str]:
+        if init is not None:
+            from vitrun.interop import check_init  # torch-free
+
+            check_init(init)
+        return init
 
     @model_validator(mode="after")
     def _known_architecture(self) -> "ModelConfig":
@@ -89,7 +101,9 @@ class PretrainConfig(DataFields):
     data: str = "fractal"
     size: Optional[PositiveInt] = Field(None, description="class-balanced subset of N training images")
     image_size: PositiveInt = 224
-    steps: PositiveInt
+    # 0: no pre-training; the initial weights (`model.init`, else a seeded random
+    # initialisation) go to the transfer stages as they are.
+    steps: NonNegativeInt
     batch_size: PositiveInt = 4096
     lr: PositiveFloat = 1e-3
     weight_decay: float = Field(0.1, ge=0)
@@ -113,6 +127,9 @@ class FinetuneConfig(Section):
     warmup_steps: int = Field(500, ge=0)
     grad_clip: Optional[PositiveFloat] = 1.0
     image_size: Optional[PositiveInt] = Field(None, description="default: the pre-training resolution")
+    # How position embeddings follow a new resolution: bilinear as the official code
+    # (scipy zoom, corners to corners), or bicubic.
+    pos_embed_resample: Literal["bilinear", "bicubic"] = "bilinear"
 
 
 class FewshotConfig(Section):

@@ -81,12 +81,11 @@ def training_flops(stage: Stage) -> float:
 
 def pretrain(stage: Stage, ctx: Context) -> dict[str, Any]:
     cfg, p = stage.config, stage.config["pretrain"]
+    if p["steps"] == 0:
+        return _initial_weights(stage, ctx)
     ds = _pretrain_data(cfg, ctx)
     train_set = ds.train.subset(sampling.balanced_subset(ds.train.labels, p["size"], cfg["seed"])) if p["size"] else ds.train
-    # Initialisation from the recipe's seed: torch seeds each new process at random, so
-    # without this the same stage gave different weights in different runs.
-    torch.manual_seed(cfg["seed"])
-    model = models.build(_spec(cfg), ds.num_classes, p["image_size"]).to(ctx.placement.device)
+    model = _initial_model(cfg, ds.num_classes).to(ctx.placement.device)
     optimizer = torch.optim.AdamW(decay_groups(model, p["weight_decay"]), lr=p["lr"], betas=tuple(p["betas"]))
     loss_fn = _sigmoid_xent if p.get("loss") == "sigmoid" else F.cross_entropy
     summary = _train(stage, ctx, model, optimizer, train_set, p["image_size"], loss_fn, p, p.get("crop") or "inception")
@@ -101,6 +100,31 @@ def pretrain(stage: Stage, ctx: Context) -> dict[str, Any]:
     }
 
 
+def _initial_weights(stage: Stage, ctx: Context) -> dict[str, Any]:
+    """`pretrain.steps = 0`: store the initial weights for the transfer stages; no data is read.
+
+    The head is a placeholder (one class): fine-tuning replaces it and few-shot never reads it.
+    """
+    model = _initial_model(stage.config, num_classes=1)
+    checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model)
+    return {"accuracy": None, "num_classes": 1, "steps": 0, "train_images": 0, "images_seen": 0}
+
+
+def _initial_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
+    """Where a pre-training starts (its own checkpoint, if any, is restored later by the loop):
+    1. the recipe's `model.init` weights (timm or official npz), with a new zero head;
+    2. otherwise a fresh model, initialised from the recipe's seed (torch seeds each new
+       process at random, so without it the same stage gave different weights per run).
+    """
+    torch.manual_seed(cfg["seed"])
+    image_size = cfg["pretrain"]["image_size"]
+    if cfg.get("init"):
+        from vitrun.interop import load_init
+
+        return load_init(cfg["init"], _spec(cfg), num_classes, image_size)
+    return models.build(_spec(cfg), num_classes, image_size)
+
+
 def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
     cfg, f, t = stage.config, stage.config["finetune"], stage.config["transfer"]
     ds = ctx.dataset(t, f["image_size"], t["classes"], t["per_class"])
@@ -108,7 +132,7 @@ def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
     # Fine-tuning protocol (App. B.1.1): the whole pre-training head goes, a zero-initialised
     # linear layer comes; a higher resolution resamples the position embeddings in 2-D.
     model.reset_head(ds.num_classes)
-    model.set_image_size(f["image_size"])
+    model.set_image_size(f["image_size"], mode=f["pos_embed_resample"])
     model.to(ctx.placement.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=f["lr"], momentum=f["momentum"], weight_decay=0.0)
     crop = t.get("crop") or _default_finetune_crop(t["data"])

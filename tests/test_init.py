@@ -1,0 +1,93 @@
+"""Recipes that start from weights (`model.init`) or skip pre-training (`pretrain.steps = 0`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+from click.testing import CliRunner
+
+from vitrun import models
+from vitrun.cli import main
+from vitrun.engine import checkpoint
+from vitrun.interop import to_npz
+
+INIT_RECIPE = """
+name = "init"
+seed = 0
+
+[model]
+name = "ViT-Mu/4"
+pre_logits = false
+init = "npz:weights/mu4.npz"   # relative to this file
+
+[pretrain]
+image_size = 16
+steps = 0
+
+[finetune]
+steps = 3
+batch_size = 16
+warmup_steps = 1
+image_size = 24                 # fine-tuned at a higher resolution: 2-D resampled positions
+
+[fewshot]
+shots = [2]
+draws = 1
+
+[[transfer]]
+data = "digits"
+"""
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def _records(results, kind):
+    return [json.loads(p.read_text()) for p in results.glob(f"*/{kind}-*/stage.json")]
+
+
+def test_npz_init_feeds_transfer_stages(tmp_path):
+    torch.manual_seed(1)
+    source = models.create("ViT-Mu/4", num_classes=7, image_size=16, pre_logits=False)
+    (tmp_path / "weights").mkdir()
+    to_npz(source, tmp_path / "weights" / "mu4.npz")
+    recipe = tmp_path / "init.toml"
+    recipe.write_text(INIT_RECIPE)
+    results = tmp_path / "results"
+    result = _invoke("recipe", str(recipe), "--results", str(results))
+    assert result.exit_code == 0, result.output
+
+    (pre,) = _records(results, "pretrain")
+    assert pre["config"]["init"].endswith("weights/mu4.npz") and pre["config"]["init"].startswith("npz:/")
+    assert pre["metrics"]["steps"] == 0 and pre["metrics"]["accuracy"] is None
+    stored = checkpoint.load_weights(results / "init" / pre["key"] / "weights.pt")
+    for name, tensor in source.state_dict().items():
+        if not name.startswith("head."):  # a new zero head; everything else is the checkpoint's
+            assert torch.allclose(stored[name], tensor, atol=1e-6), name
+    assert {r["kind"] for r in _records(results, "*")} == {"pretrain", "finetune", "fewshot"}
+
+
+def test_steps_zero_without_init_is_a_seeded_random_model(write_recipe, tmp_path):
+    recipe = write_recipe(INIT_RECIPE.replace('init = "npz:weights/mu4.npz"   # relative to this file', ""))
+    results = tmp_path / "results"
+    assert _invoke("recipe", str(recipe), "--results", str(results), "--set", "fewshot.shots=[1]").exit_code == 0
+    (pre,) = _records(results, "pretrain")
+    stored = checkpoint.load_weights(results / "init" / pre["key"] / "weights.pt")
+    torch.manual_seed(0)
+    fresh = models.create("ViT-Mu/4", num_classes=1, image_size=16, pre_logits=False)
+    assert all(torch.equal(stored[k], v) for k, v in fresh.state_dict().items())
+
+
+def test_bad_init_is_a_one_line_error_before_anything_runs(write_recipe, tmp_path):
+    for init, expected in (("npz:missing.npz", "no checkpoint file"), ("hub:vit", "expected 'timm:NAME'")):
+        recipe = write_recipe(INIT_RECIPE.replace("npz:weights/mu4.npz", init))
+        proc = subprocess.run([sys.executable, "-m", "vitrun.cli", "recipe", str(recipe), "--results", str(tmp_path / "out")],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "model.init" in lines[0] and expected in lines[0], proc.stderr
+        assert not (tmp_path / "out").exists()
