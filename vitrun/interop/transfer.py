@@ -13,14 +13,12 @@ arXiv 2010.11929 App. B.1.1):
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from vitrun import models
 from vitrun.models.registry import ModelSpec
-from vitrun.models.vit import resample_pos_embed
+from vitrun.models.position import resample_state
 
 
 class FeatureHead(nn.Identity):
@@ -58,14 +56,13 @@ def build_loaded(
     pre_logits = {k: state.pop(k) for k in list(state) if k.startswith("pre_logits.")}
     if spec.family != "resnet" and spec.pre_logits:
         state.update(pre_logits)
-    if "pos_embed" in state and model.pos_embed is not None and state["pos_embed"].shape != model.pos_embed.shape:
-        state["pos_embed"] = _resample(state["pos_embed"], model)
-
-    own = model.state_dict()
-    unexpected = sorted(set(state) - set(own))
-    wrong = [f"{k} {tuple(v.shape)} ≠ {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
-    if unexpected or wrong:
-        raise ValueError(f"the weights do not fit {spec.name}: " + "; ".join(wrong + [f"unexpected {k}" for k in unexpected[:5]]))
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if unexpected:
+        raise ValueError(f"the weights do not fit {spec.name}: " + "; ".join(f"unexpected {k}" for k in unexpected[:5]))
+    try:
+        state, _ = resample_state(model, state)  # another grid: positions resampled in 2-D
+    except ValueError as err:  # a shape that no resampling explains
+        raise ValueError(f"the weights do not fit {spec.name}: {err}") from None
     missing = model.load_state_dict(state, strict=False).missing_keys
     # Only what rules 1-2 leave at its fresh initialisation may be missing.
     allowed = ("head.", "pre_logits.")
@@ -73,12 +70,3 @@ def build_loaded(
     if absent:
         raise ValueError(f"the weights lack {len(absent)} tensor(s) of {spec.name}, e.g. {absent[0]}")
     return model
-
-
-def _resample(pos_embed: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """(1, prefix + g*g, D) at the checkpoint's square grid -> (1, prefix + gh*gw, D) at the model's."""
-    prefix = model.num_prefix_tokens
-    side = math.isqrt(pos_embed.shape[1] - prefix)
-    if side * side != pos_embed.shape[1] - prefix:
-        raise ValueError(f"position embedding of {pos_embed.shape[1] - prefix} grid tokens is not a square grid")
-    return resample_pos_embed(pos_embed, model.grid, (side, side), prefix)

@@ -191,11 +191,21 @@ def resample_relative(
 def load_resampled(model: nn.Module, state_dict: Mapping[str, torch.Tensor], mode: str = "bilinear") -> list[str]:
     """Load `state_dict` (trained at another resolution) into `model`, resampling positions.
 
+    See `resample_state`; missing or extra keys raise as in `load_state_dict`. Returns the
+    resampled keys.
+    """
+    state, resampled = resample_state(model, state_dict, mode)
+    model.load_state_dict(state)
+    return resampled
+
+
+def resample_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], mode: str = "bilinear") -> tuple[dict[str, torch.Tensor], list[str]]:
+    """`state_dict` with its position tensors resampled to `model`'s grid, and their keys.
+
     Every position tensor whose shape differs from the model's is resampled to the model's
     grid (1d `pos_embed`, 2d `pos_embed_x`/`pos_embed_y`, relative `…attn.relative_pos`); the
     checkpoint's grid is read from the shapes, square as vitrun's images are. Any other shape
-    mismatch raises ValueError naming the key; missing or extra keys raise as in
-    `load_state_dict`. Returns the resampled keys.
+    mismatch raises ValueError naming the key; keys the model lacks are passed through.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -221,8 +231,7 @@ def load_resampled(model: nn.Module, state_dict: Mapping[str, torch.Tensor], mod
                 "(only position embeddings are resampled)"
             )
         resampled.append(key)
-    model.load_state_dict(state)
-    return resampled
+    return state, resampled
 
 
 def _square(tokens: int, key: str) -> tuple[int, int]:
