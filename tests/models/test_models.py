@@ -402,3 +402,16 @@ def test_hybrid_matches_timm():
         a, b = ours(x), reference(x)
     # GroupNorm eps (official 1e-6 vs timm 1e-5) and weight-standardisation eps differ slightly.
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item()), (a - b).abs().max()
+
+
+def test_class_token_follows_the_classifier_unless_set():
+    assert models.spec("ViT-Mu/4").class_token is True
+    assert models.spec("ViT-Mu/4", classifier="gap").class_token is False
+    with pytest.raises(ValueError, match='classifier "token" needs class_token = true'):
+        models.spec("ViT-Mu/4", class_token=False)
+    model = models.create("ViT-Mu/4", num_classes=10, image_size=32, classifier="gap", class_token=True, pre_logits=False).eval()
+    assert model.num_prefix_tokens == 1 and model.pos_embed.shape[1] == 1 + 8 * 8
+    x = _images(2)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        assert torch.allclose(model.representation(x), tokens[:, 1:].mean(1)), "gap averages the patch tokens, not the class token"

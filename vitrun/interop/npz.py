@@ -53,11 +53,11 @@ def _table(spec: ModelSpec, big_vision: bool = False, prefix: str = "") -> list[
     if spec.family == "hybrid":
         rows += _hybrid_stem_table(spec, p)
     rows += [(f"{p}embedding/kernel", "patch_embed.proj.weight", "conv"), (f"{p}embedding/bias", "patch_embed.proj.bias", "copy")]
-    if spec.classifier == "token":
+    if spec.class_token:
         rows.append((f"{p}cls", "cls_token", "copy"))
     if spec.pos_embed == "1d":
         rows.append((f"{p}pos_embedding" if big_vision else f"{p}Transformer/posembed_input/pos_embedding", "pos_embed",
-                     "pos_no_cls" if big_vision and spec.classifier == "token" else "copy"))
+                     "pos_no_cls" if big_vision and spec.class_token else "copy"))
     mha, ln2, mlp = (0, 1, 0) if big_vision else (1, 2, 3)
     for i in range(spec.depth):
         b, o = f"{p}Transformer/encoderblock_{i}/", f"blocks.{i}."
@@ -281,7 +281,7 @@ def _native_size(spec: ModelSpec, state: dict[str, torch.Tensor]) -> int:
     """The image size the checkpoint's position embeddings were trained for (BiT: 224)."""
     if spec.family == "resnet" or "pos_embed" not in state:
         return 224
-    side = math.isqrt(state["pos_embed"].shape[1] - (spec.classifier == "token"))
+    side = math.isqrt(state["pos_embed"].shape[1] - spec.class_token)
     return side * spec.patch * (spec.stride or 1)
 
 
@@ -299,6 +299,8 @@ def to_npz(model: nn.Module, path: str | Path) -> None:
     if spec.family != "resnet":
         if spec.fc_norm:
             raise ValueError(f"to_npz: {spec.name} has fc_norm=True (LayerNorm after pooling), which the official layout cannot hold")
+        if spec.class_token and spec.classifier != "token":
+            raise ValueError(f"to_npz: {spec.name} carries a class token but pools the patches (gap); the official layout reads a class token as classifier 'token'")
         if spec.pos_embed not in ("1d", "none") or getattr(spec, "pos_embed_at", "stem") != "stem":
             raise ValueError(f"to_npz: the official layout holds learned 1-D position embeddings added at the stem only")
     state = model.state_dict()

@@ -116,7 +116,6 @@ def _from_timm_vit(m: VisionTransformer) -> tuple[ModelSpec, dict[str, torch.Ten
         (not (m.no_embed_class and m.cls_token is not None), "no_embed_class (class token without a position)"),
         (m.attn_pool is None, f"global_pool={m.global_pool!r} (attention pooling)"),
         (m.global_pool in ("token", "avg"), f"global_pool={m.global_pool!r}"),
-        (not (m.global_pool == "avg" and m.cls_token is not None), "global_pool='avg' with a class token"),
         (not m.pool_include_prefix, "pool_include_prefix"),
         (isinstance(m.norm_pre, nn.Identity), "pre_norm"),
         (isinstance(m.patch_drop, nn.Identity), "patch_drop_rate"),
@@ -142,6 +141,7 @@ def _from_timm_vit(m: VisionTransformer) -> tuple[ModelSpec, dict[str, torch.Ten
         "pre_logits": False,  # timm's ViT has none
         "dropout": dropout,
         "fc_norm": fc_norm,
+        "class_token": m.cls_token is not None,
     }
     state = dict(m.state_dict())
     if hybrid:
@@ -303,7 +303,7 @@ def to_timm(model: nn.Module) -> nn.Module:
             embed = partial(HybridEmbed, backbone=backbone)
         timm_model = VisionTransformer(
             img_size=model.image_size, patch_size=spec.patch, in_chans=3, num_classes=num_classes,
-            global_pool="token" if spec.classifier == "token" else "avg", class_token=spec.classifier == "token",
+            global_pool="token" if spec.classifier == "token" else "avg", class_token=spec.class_token,
             embed_dim=spec.width, depth=spec.depth, num_heads=spec.heads,
             # timm sizes the MLP as int(width * ratio); +0.5 keeps that from rounding down
             mlp_ratio=(spec.mlp + 0.5) / spec.width, qkv_bias=True,

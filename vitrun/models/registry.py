@@ -59,7 +59,7 @@ EPS_CONVENTIONS = ("official", "timm")
 
 _VIT_OPTIONS = (
     "width", "depth", "heads", "mlp", "patch", "classifier", "pos_embed", "pos_embed_at", "pre_logits",
-    "dropout", "drop_path", "fc_norm",
+    "dropout", "drop_path", "fc_norm", "class_token",
 )
 _RESNET_OPTIONS = ("blocks", "width_factor", "eps_convention")
 OPTIONS: dict[str, tuple[str, ...]] = {
@@ -104,6 +104,9 @@ class ModelSpec:
     # False (official): the final LayerNorm normalises every token, then the classifier pools.
     # True (timm's GAP default): pool first, then a LayerNorm named `fc_norm`; for interop.
     fc_norm: bool | None = None
+    # Prepend a class token. Default: only for classifier "token". With "gap" it is carried
+    # along and the patch tokens alone are averaged (timm's global_pool="avg" with a class token).
+    class_token: bool | None = None
     # ResNet (resnet, hybrid)
     blocks: tuple[int, ...] | None = None  # bottleneck units per stage (hybrid: after folding)
     width_factor: float | None = None  # channel multiplier: base = round(64 * width_factor)
@@ -142,6 +145,8 @@ class ModelSpec:
         _check(self.pos_embed != "2d" or self.width % 2 == 0, self.name, f"pos_embed='2d' needs an even width (X and Y tables of width/2), got width {self.width}")
         _check(isinstance(self.pre_logits, bool), self.name, f"pre_logits must be true or false, got {self.pre_logits!r}")
         _check(isinstance(self.fc_norm, bool), self.name, f"fc_norm must be true or false, got {self.fc_norm!r}")
+        _check(isinstance(self.class_token, bool), self.name, f"class_token must be true or false, got {self.class_token!r}")
+        _check(self.class_token or self.classifier != "token", self.name, 'classifier "token" needs class_token = true')
         _check(_is_number(self.dropout) and 0 <= self.dropout < 1, self.name, f"dropout must be in [0, 1), got {self.dropout!r}")
         _check(_is_number(self.drop_path) and 0 <= self.drop_path < 1, self.name, f"drop_path must be in [0, 1), got {self.drop_path!r}")
         object.__setattr__(self, "dropout", float(self.dropout))
@@ -213,6 +218,8 @@ def spec(name: str, **overrides: Any) -> ModelSpec:
             hint = f"did you mean {close[0]!r}?" if close else "options: " + ", ".join(allowed)
             raise ValueError(f"unknown option {key!r} for {name} ({hint})")
     options = {**defaults, **overrides}
+    if family in ("vit", "hybrid") and "class_token" not in overrides:
+        options["class_token"] = options["classifier"] == "token"
     if family == "hybrid" and "blocks" not in overrides and options["stride"] in HYBRID_STRIDES:
         # Cut the depth's stages at the (possibly overridden) stride.
         options["blocks"] = fold_blocks(options["blocks"], options["stride"])

@@ -172,7 +172,7 @@ class VisionTransformer(nn.Module):
         D = spec.width
         self.patch_embed = patch_embed if patch_embed is not None else PatchEmbed(spec.patch, D)
         self.grid = self.patch_embed.grid(image_size)
-        self.num_prefix_tokens = 1 if spec.classifier == "token" else 0
+        self.num_prefix_tokens = 1 if spec.class_token else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if self.num_prefix_tokens else None
         self._new_pos_embed()
         self.pos_drop = nn.Dropout(spec.dropout)
@@ -258,8 +258,8 @@ class VisionTransformer(nn.Module):
         return grid if self.pos_embed_cls is None else torch.cat([self.pos_embed_cls, grid], dim=1)  # (L, N, D)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, N, D) -> (B, D): the class token, or the mean of all tokens ("gap")."""
-        pooled = x[:, 0] if self.spec.classifier == "token" else x.mean(dim=1)
+        """x: (B, N, D) -> (B, D): the class token, or the mean of the patch tokens ("gap")."""
+        pooled = x[:, 0] if self.spec.classifier == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
         return self.fc_norm(pooled)
 
     def representation(self, x: torch.Tensor) -> torch.Tensor:
