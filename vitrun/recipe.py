@@ -192,23 +192,12 @@ def _set_dotted(tree: dict[str, Any], parts: list[str], value: Any) -> None:
 # -- validation ------------------------------------------------------------------------
 
 def _validate(path: Path, variant: dict[str, Any], sweep: dict[str, list[Any]], label: str = "sweep") -> Recipe:
-    _anchor_init_path(path, variant)
     try:
         recipe = Recipe.model_validate(variant)
     except ValidationError as err:
         raise RecipeError(f"{path}: {_describe(err, sweep, label)}") from None
     _check_sources(path, recipe)
     return recipe
-
-
-def _anchor_init_path(path: Path, variant: dict[str, Any]) -> None:
-    """A relative `npz:` init is relative to the recipe's folder, wherever vitrun runs from."""
-    model = variant.get("model")
-    init = model.get("init") if isinstance(model, dict) else None
-    if isinstance(init, str) and init.startswith("npz:"):
-        target = Path(init[len("npz:"):]).expanduser()
-        if not target.is_absolute():
-            model["init"] = f"npz:{(path.parent / target).resolve()}"
 
 
 def _check_sources(path: Path, recipe: Recipe) -> None:

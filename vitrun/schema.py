@@ -28,7 +28,8 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, strict=True)
     name: str
     # Start from pre-trained weights: "timm:NAME" (timm's weights, from the Hugging Face hub or
-    # its cache) or "npz:PATH" (an official Google checkpoint; relative to the recipe's folder).
+    # its cache) or "npz:PATH" (an official Google checkpoint; a relative path is relative to
+    # where vitrun runs, as data paths are).
     init: Optional[str] = None
 
     @field_validator("init")
