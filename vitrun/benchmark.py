@@ -63,9 +63,9 @@ def bench_model(
 
 def timm_twin(model: nn.Module) -> nn.Module | None:
     """The timm module with the same architecture and weights, or None without timm."""
-    try:
-        import timm  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:
         return None
     from vitrun.interop import to_timm
 

@@ -126,7 +126,7 @@ def _initial_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
 
 
 def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
-    cfg, f, t = stage.config, stage.config["finetune"], stage.config["transfer"]
+    f, t = stage.config["finetune"], stage.config["transfer"]
     ds = ctx.dataset(t, f["image_size"], t["classes"], t["per_class"])
     model = _pretrained(stage, ctx)
     # Fine-tuning protocol (App. B.1.1): the whole pre-training head goes, a zero-initialised

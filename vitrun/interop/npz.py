@@ -302,7 +302,7 @@ def to_npz(model: nn.Module, path: str | Path) -> None:
         if spec.class_token and spec.classifier != "token":
             raise ValueError(f"to_npz: {spec.name} carries a class token but pools the patches (gap); the official layout reads a class token as classifier 'token'")
         if spec.pos_embed not in ("1d", "none") or getattr(spec, "pos_embed_at", "stem") != "stem":
-            raise ValueError(f"to_npz: the official layout holds learned 1-D position embeddings added at the stem only")
+            raise ValueError("to_npz: the official layout holds learned 1-D position embeddings added at the stem only")
     state = model.state_dict()
     arrays = {}
     for key, ours, kind in _table(spec):

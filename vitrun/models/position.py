@@ -157,7 +157,7 @@ def resample_relative(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    (gh, gw), (nh, nw), d = old_grid, new_grid, table.shape[1]
+    (gh, gw), (nh, nw) = old_grid, new_grid
     L, L_new = gh * gw, nh * nw
     patch, prefix = table[: 2 * L - 1], table[2 * L - 1 :]
     if patch.shape[0] != 2 * L - 1 or prefix.shape[0] != relative_rows(old_grid, num_prefix_tokens) - (2 * L - 1):
