@@ -284,14 +284,8 @@ def bench_model_cmd(name, image_size, batch_size, repeats, device, precision, op
     from vitrun.benchmark import bench_model
     from vitrun.engine.device import place
     from vitrun.models import spec
-    from vitrun.recipe import toml_value
 
-    fields = {}
-    for item in options:
-        key, sep, text = item.partition("=")
-        if not sep:
-            _fail(f"--option {item}: expected KEY=VALUE, e.g. --option classifier=gap")
-        fields[key.strip()] = toml_value(text)
+    fields = _options(options)
     try:
         spec(name, **fields)
         placement = place(device, precision)
@@ -313,17 +307,24 @@ def bench_model_cmd(name, image_size, batch_size, repeats, device, precision, op
 
 
 def _source_options(items):
-    """`--option KEY=VALUE` pairs as SourceOptions (values read as TOML, else text)."""
+    """`--option KEY=VALUE` pairs as SourceOptions."""
     from vitrun.data import SourceOptions
+
+    return SourceOptions(**_options(items, tuple(SourceOptions.__dataclass_fields__)))
+
+
+def _options(items, allowed: tuple[str, ...] | None = None) -> dict:
+    """`--option KEY=VALUE` pairs (values read as TOML, else text); KEY one of `allowed` if given."""
     from vitrun.recipe import toml_value
 
     fields = {}
     for item in items:
         key, sep, text = item.partition("=")
-        if not sep or key.strip() not in SourceOptions.__dataclass_fields__:
-            _fail(f"--option {item}: expected KEY=VALUE with KEY one of {', '.join(SourceOptions.__dataclass_fields__)}")
-        fields[key.strip()] = toml_value(text)
-    return SourceOptions(**fields)
+        key = key.strip()
+        if not sep or not key or (allowed is not None and key not in allowed):
+            _fail(f"--option {item}: expected KEY=VALUE" + (f" with KEY one of {', '.join(allowed)}" if allowed else ""))
+        fields[key] = toml_value(text)
+    return fields
 
 
 # -- helpers ---------------------------------------------------------------------------
