@@ -67,3 +67,17 @@ def test_defaults_and_json(store):
     first = doc["tables"][0]
     assert doc["experiment"] == "exp" and first["index"] == ["R50", "ViT"] and first["columns"] == [100, 200]
     assert first["data"][0][1] is None, "missing cells are null"
+
+
+def test_defaults_without_sizes_pivot_on_datasets(tmp_path):
+    """A recipe without pretrain.size (e.g. `init` weights, steps = 0) still gets tables."""
+    store = Store(tmp_path)
+    for model, data, acc in (("ViT", "digits", 0.5), ("ViT", "shapes", 0.7), ("R50", "digits", 0.9)):
+        record = _record("finetune", model, None, data, acc)
+        store.stage("exp", record["key"]).finish(record)
+    frame = load_frame(store)
+    (spec,) = default_tables(frame)
+    assert spec.columns == "data"
+    (table,) = to_json("exp", build_tables(frame, [spec]))["tables"]
+    assert table["index"] == ["R50", "ViT"] and table["columns"] == ["digits", "shapes"]
+    assert table["data"] == [[90.0, None], [50.0, 70.0]]

@@ -50,9 +50,18 @@ def load_frame(store: Store, experiment: str | None = None) -> pd.DataFrame:
 
 
 def default_tables(frame: pd.DataFrame) -> list[TableSpec]:
-    kinds = [k for k in ("finetune", "fewshot", "pretrain") if not frame.empty and k in set(frame["kind"])]
-    names = {"finetune": "Fine-tuning accuracy (%), mean over transfer datasets", "fewshot": "Few-shot linear accuracy (%), mean over datasets and shots", "pretrain": "Pre-training test accuracy (%)"}
-    return [TableSpec(name=names[k], kind=k) for k in kinds]
+    """Accuracy per model and pre-training size for each stage kind present; per model and
+    dataset where no stage has a size (pivoting on an all-empty column would show nothing)."""
+    specs = []
+    for kind in ("finetune", "fewshot", "pretrain"):
+        rows = frame[frame["kind"] == kind] if not frame.empty else frame
+        if rows.empty:
+            continue
+        by_size = "pretrain.size" in rows and rows["pretrain.size"].notna().any()
+        over = "transfer datasets" if by_size else "seeds"
+        names = {"finetune": f"Fine-tuning accuracy (%), mean over {over}", "fewshot": f"Few-shot linear accuracy (%), mean over {over} and shots", "pretrain": "Pre-training test accuracy (%)"}
+        specs.append(TableSpec(name=names[kind], kind=kind, columns="pretrain.size" if by_size else "data"))
+    return specs
 
 
 def build_tables(frame: pd.DataFrame, specs: Iterable[TableSpec]) -> list[Table]:
