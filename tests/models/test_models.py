@@ -355,7 +355,7 @@ def test_bit_resnet_matches_timm():
                                   conv_layer=partial(StdConv2d, eps=1e-8)).eval()
     for p in reference.parameters():
         torch.nn.init.normal_(p, std=0.2)
-    ours = models.create("R26x0.5", num_classes=10, image_size=32).eval()
+    ours = models.create("R26x0.5", num_classes=10, image_size=32, eps_convention="timm").eval()
     state = {}
     for key, value in reference.state_dict().items():
         if key.startswith("head.fc."):
@@ -369,8 +369,8 @@ def test_bit_resnet_matches_timm():
     x = _images(2)
     with torch.no_grad():
         a, b = ours(x), reference(x)
-    # Weight standardisation differs only in eps placement (std + 1e-5 vs sqrt(var + 1e-8)).
-    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item()), (a - b).abs().max()
+    # timm's numerics (eps inside the sqrt), so the logits agree to float rounding.
+    assert (a - b).abs().max() <= 1e-4, (a - b).abs().max()
 
 
 def test_hybrid_matches_timm():
@@ -389,7 +389,7 @@ def test_hybrid_matches_timm():
     ).eval()
     for p in reference.parameters():
         torch.nn.init.normal_(p, std=0.2)
-    ours = models.create("R26x0.5+ViT-Mu/8", num_classes=10, image_size=32, pre_logits=False).eval()
+    ours = models.create("R26x0.5+ViT-Mu/8", num_classes=10, image_size=32, pre_logits=False, eps_convention="timm").eval()
     state = {}
     for key, value in reference.state_dict().items():
         if key.startswith("patch_embed.backbone."):
@@ -400,8 +400,8 @@ def test_hybrid_matches_timm():
     x = _images(2)
     with torch.no_grad():
         a, b = ours(x), reference(x)
-    # GroupNorm eps (official 1e-6 vs timm 1e-5) and weight-standardisation eps differ slightly.
-    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item()), (a - b).abs().max()
+    # timm's GroupNorm and weight-standardisation eps, so the logits agree to float rounding.
+    assert (a - b).abs().max() <= 1e-4, (a - b).abs().max()
 
 
 def test_class_token_follows_the_classifier_unless_set():
