@@ -66,12 +66,12 @@ class StdConv2d(nn.Conv2d):
     def standardized_weight(self) -> torch.Tensor:
         w = self.weight  # (Cout, Cin, k, k)
         flat = w.reshape(w.shape[0], -1)  # (Cout, Cin*k*k): statistics per output filter
-        centred = flat - flat.mean(1, keepdim=True)
+        var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)  # one pass for both
         if self.eps_convention == "timm":
-            flat = centred / torch.sqrt(flat.var(1, unbiased=False, keepdim=True) + EPS["timm"][0])
+            scale = torch.rsqrt(var + EPS["timm"][0])
         else:
-            flat = centred / (flat.std(1, unbiased=False, keepdim=True) + WS_EPS)
-        return flat.reshape_as(w)  # (Cout, Cin, k, k)
+            scale = 1.0 / (var.sqrt() + WS_EPS)
+        return ((flat - mean) * scale).reshape_as(w)  # (Cout, Cin, k, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Cin, H, W) -> (B, Cout, H', W')"""
