@@ -236,7 +236,7 @@ def test_spec_names():
     assert specs.resnet_spec((3, 8, 36, 3), 2.0, {}).name == "R152x2"
     assert specs.hybrid_spec((3, 4, 9), 1.0, {**vit, "patch": 1}, {}) == models.spec("R50+ViT-B/16")
     assert specs.hybrid_spec((3, 4, 6, 3), 1.0, {**vit, "patch": 1}, {}).name == "R50+ViT-B/32"
-    assert specs.differences(models.spec("ViT-B/16"), models.spec("ViT-B/16", pre_logits=False, dropout=0.1)) == []
+    assert specs.differences(models.spec("ViT-B/16"), models.spec("ViT-B/16", pre_logits=False, dropout=0.1, drop_path=0.1)) == []
     assert specs.differences(models.spec("ViT-B/16"), models.spec("ViT-S/16")) == ["width 768 ≠ 384", "heads 12 ≠ 6", "mlp 3072 ≠ 1536"]
 
 

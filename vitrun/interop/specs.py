@@ -18,7 +18,7 @@ from vitrun.models.registry import ModelSpec
 
 # Not architecture: a checkpoint is compatible with a recipe whatever these say. The head and the
 # position-embedding grid are not in the spec at all (they follow num_classes and image_size).
-IGNORED = frozenset({"name", "pre_logits", "dropout", "eps_convention"})
+IGNORED = frozenset({"name", "pre_logits", "dropout", "drop_path", "eps_convention"})
 
 
 def vit_spec(transformer: dict[str, Any], options: dict[str, Any]) -> ModelSpec:
