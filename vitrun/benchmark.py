@@ -2,9 +2,9 @@
 
 `vitrun bench model ViT-B/16` builds our model and the timm module with the same
 architecture and weights (`vitrun.interop.to_timm`), then times both in alternation:
-inference (eval mode, no grad) and a training step (forward, backward, SGD update). The
-numbers are images per second, median over the timed repeats, and our/timm ratios; the
-alternation keeps a busy machine from favouring one side.
+inference (eval mode, no grad) and a training step (forward, backward, Adam update, as in
+pre-training). The numbers are images per second, median over the timed repeats, and
+our/timm ratios; the alternation keeps a busy machine from favouring one side.
 
 timm is optional here: without it only our numbers are printed.
 """
@@ -61,6 +61,12 @@ def bench_model(
     return timings
 
 
+def train_step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, placement: Placement, repeats: int = 5, warmup: int = 1) -> float:
+    """Median seconds of one training step of `model` on the batch (x, y)."""
+    seconds = _alternate({"model": _train_step(model, x, y, placement)}, repeats, warmup, placement.device)
+    return statistics.median(seconds["model"])
+
+
 def timm_twin(model: nn.Module) -> nn.Module | None:
     """The timm module with the same architecture and weights, or None without timm."""
     import importlib.util
@@ -84,7 +90,7 @@ def _inference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, placement: Pl
 
 def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, placement: Placement) -> Callable[[], None]:
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> None:
         with placement.autocast():

@@ -277,7 +277,7 @@ def bench_data_cmd(source, image_size, batch_size, workers, steps, crop, model, 
 def bench_model_cmd(name, image_size, batch_size, repeats, device, precision, options):
     """Images/s of model NAME against timm's same architecture, in one run.
 
-    Inference (eval, no grad) and a training step (forward, backward, SGD update) of our
+    Inference (eval, no grad) and a training step (forward, backward, Adam update) of our
     model and of its timm twin (same weights, built by vitrun.interop.to_timm), timed in
     turns so a busy machine favours neither. Needs timm for the comparison (pip install timm).
     """

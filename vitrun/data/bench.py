@@ -67,15 +67,8 @@ def measure(
 def _model_step(name: str, num_classes: int, x: torch.Tensor, y: torch.Tensor, repeats: int = 5) -> float:
     """Seconds per training step of model ``name`` on batch ``x`` (CPU, fp32), median of ``repeats``."""
     from vitrun import models
+    from vitrun.benchmark import train_step_seconds
+    from vitrun.engine.device import place
 
     net = models.create(name, num_classes, x.shape[-1])
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    times = []
-    for _ in range(repeats + 1):  # the first step allocates: not timed
-        started = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - started)
-    return sorted(times[1:])[len(times[1:]) // 2]
+    return train_step_seconds(net, x, y, place("cpu", "fp32"), repeats)
