@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import ModelSpec
+from .vit import zero_linear
 
 WS_EPS = 1e-5
 # eps_convention → (weight-standardisation eps, hybrid GroupNorm eps). "official": eps added to
@@ -205,7 +206,7 @@ class ResNet(nn.Module):
         self.trunk = ResNetTrunk(spec.blocks, spec.width_factor, preact=True, eps_convention=spec.eps_convention)
         self.norm = group_norm(self.trunk.out_channels, 1e-5)
         self.num_features = self.trunk.out_channels
-        self.head = _zero_linear(self.num_features, num_classes)
+        self.head = zero_linear(self.num_features, num_classes)
 
     def representation(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W) -> (B, C): pooled features after the final GN + ReLU."""
@@ -218,21 +219,12 @@ class ResNet(nn.Module):
 
     def reset_head(self, num_classes: int) -> None:
         """Fine-tuning: a new zero-initialised head (a ResNet has no pre-logits to drop)."""
-        self.head = _zero_linear(self.num_features, num_classes, like=self.head.weight)
+        self.head = zero_linear(self.num_features, num_classes, like=self.head.weight)
         self.num_classes = num_classes
 
     def set_image_size(self, image_size: int, mode: str = "bilinear") -> None:
         """Convolutions take any size: only recorded (`mode` is ViT's, unused here)."""
         self.image_size = image_size
-
-
-def _zero_linear(fan_in: int, fan_out: int, like: torch.Tensor | None = None) -> nn.Linear:
-    """The head: zero weights and bias (official, both ViT and BiT), so training starts at uniform."""
-    kw = {} if like is None else {"device": like.device, "dtype": like.dtype}
-    head = nn.Linear(fan_in, fan_out, **kw)
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
-    return head
 
 
 def build_resnet(spec: ModelSpec, num_classes: int, image_size: int) -> ResNet:

@@ -184,7 +184,7 @@ class VisionTransformer(nn.Module):
         self.norm = nn.Identity() if spec.fc_norm else nn.LayerNorm(D, eps=LN_EPS)
         self.fc_norm = nn.LayerNorm(D, eps=LN_EPS) if spec.fc_norm else nn.Identity()
         self.pre_logits = nn.Sequential(OrderedDict(fc=nn.Linear(D, D), act=nn.Tanh())) if spec.pre_logits else nn.Identity()
-        self.head = _zero_linear(D, num_classes)
+        self.head = zero_linear(D, num_classes)
         self._init_weights()
 
     def _new_pos_embed(self) -> None:
@@ -278,7 +278,7 @@ class VisionTransformer(nn.Module):
         `self.spec` follows (pre_logits=False) so the spec still rebuilds this module.
         """
         self.pre_logits = nn.Identity()
-        self.head = _zero_linear(self.spec.width, num_classes, like=self.head.weight)
+        self.head = zero_linear(self.spec.width, num_classes, like=self.head.weight)
         self.num_classes = num_classes
         self.spec = replace(self.spec, pre_logits=False)
 
@@ -322,8 +322,8 @@ def _lecun_normal_(w: torch.Tensor) -> None:
     nn.init.trunc_normal_(w, std=std, a=-2 * std, b=2 * std)
 
 
-def _zero_linear(fan_in: int, fan_out: int, like: torch.Tensor | None = None) -> nn.Linear:
-    """The classifier head: zero kernel and bias, as official (logits start at 0)."""
+def zero_linear(fan_in: int, fan_out: int, like: torch.Tensor | None = None) -> nn.Linear:
+    """The classifier head, ViT's and BiT's: zero kernel and bias, as official (logits start at 0)."""
     kw = {} if like is None else {"device": like.device, "dtype": like.dtype}
     head = nn.Linear(fan_in, fan_out, **kw)
     nn.init.zeros_(head.weight)
