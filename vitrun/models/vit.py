@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -221,10 +222,17 @@ class VisionTransformer(nn.Module):
 
     # -- forward pieces ----------------------------------------------------------------
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) -> (B, prefix + gh*gw, D), after the final LayerNorm (unless fc_norm)."""
+    def forward_features(self, x: torch.Tensor, corrupt: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """x: (B, 3, H, W) -> (B, prefix + gh*gw, D), after the final LayerNorm (unless fc_norm).
+
+        corrupt: (B, gh*gw, D) -> (B, gh*gw, D), applied to the patch embeddings before the
+        class token and positions are added (masked-patch pre-training, §4.6; see
+        engine/masked_patch.py). None (default) leaves them as they are.
+        """
         x = self.patch_embed(x)  # (B, D, gh, gw)
         x = x.flatten(2).transpose(1, 2)  # (B, gh*gw, D): patches in row-major order
+        if corrupt is not None:
+            x = corrupt(x)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + gh*gw, D)
         expected = self.num_prefix_tokens + self.grid[0] * self.grid[1]
