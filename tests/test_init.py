@@ -69,7 +69,7 @@ def test_npz_init_feeds_transfer_stages(tmp_path, monkeypatch):
     for name, tensor in source.state_dict().items():
         if not name.startswith("head."):  # a new zero head; everything else is the checkpoint's
             assert torch.allclose(stored[name], tensor, atol=1e-6), name
-    assert {r["kind"] for r in _records(results, "*")} == {"pretrain", "finetune", "fewshot"}
+    assert {r["kind"] for r in _records(results, "*")} == {"pretrain", "finetune_dev", "finetune", "fewshot"}, "the default: learning rate picked on the dev split"
 
 
 def test_steps_zero_without_init_is_a_seeded_random_model(write_recipe, tmp_path):

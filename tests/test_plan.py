@@ -77,3 +77,46 @@ def test_variant_names_the_swept_values(write_recipe):
     assert finetune.variant(swept) == "lr=0.01 seed=0"
     pretrain = next(s for s in stages if s.kind == "pretrain")
     assert pretrain.variant(swept) == "seed=0", "a key the stage lacks is left out"
+
+
+def test_learning_rate_grid_plans_dev_trials(write_recipe):
+    """A list of rates: one `finetune_dev` trial per rate (scored on the dev split), then the
+    final fine-tuning, whose parents are the pre-training and the trials."""
+    stages = _stages(write_recipe, TINY.replace("lr = 0.01\n", ""))  # the default: the paper's grid
+    trials = [s for s in stages if s.kind == "finetune_dev"]
+    finals = [s for s in stages if s.kind == "finetune"]
+    assert len(finals) == 8 and len(trials) == 8 * 4
+    assert sorted({t.config["finetune"]["lr"] for t in trials}) == [0.001, 0.003, 0.01, 0.03]
+    by_key = {s.key: s for s in stages}
+    for final in finals:
+        assert final.config["finetune"]["lr"] == [0.001, 0.003, 0.01, 0.03]
+        pretrain, *mine = final.parents
+        assert by_key[pretrain].kind == "pretrain" and len(mine) == 4
+        assert all(by_key[k].kind == "finetune_dev" and by_key[k].parents == (pretrain,) for k in mine)
+        assert {by_key[k].data for k in mine} == {final.data}
+    one = _stages(write_recipe, TINY.replace("lr = 0.01\n", "lr = [0.01]\n"))
+    assert [s.key for s in one] == [s.key for s in _stages(write_recipe)], "a list of one rate is that rate"
+    parts = [shard(stages, i, 2) for i in (1, 2)]
+    for part in parts:
+        mine = {s.key for s in part}
+        assert all(set(s.parents) <= mine for s in part), "trials go with their pre-training's shard"
+
+
+def test_scratch_is_one_initialisation_per_model(write_recipe):
+    stages = _stages(write_recipe, TINY.replace("[pretrain]", '[pretrain]\nobjective = "scratch"'))
+    pretrains = [s for s in stages if s.kind == "pretrain"]
+    assert len(pretrains) == 2, "no data, no size: both sizes share one random initialisation"
+    assert all(p.config["pretrain"] == {"objective": "scratch", "image_size": 16, "steps": 0} for p in pretrains)
+    assert len([s for s in stages if s.kind == "finetune"]) == 4
+    assert pretrains[0].data == "random init" and pretrains[0].size is None
+
+
+def test_masked_patch_options_only_key_masked_patch(write_recipe):
+    plain = _stages(write_recipe)
+    assert all("mask_rate" not in s.config["pretrain"] for s in plain), "older results keep their keys"
+    ignored = _stages(write_recipe, overrides=["pretrain.mask_rate=0.15"])
+    assert [s.key for s in ignored] == [s.key for s in plain], "a mask option does not key a supervised run"
+    vit_only = TINY.replace('model = ["ViT-Mu/4", "R14x0.25"]', 'model = ["ViT-Mu/4"]')
+    masked = _stages(write_recipe, vit_only, overrides=['pretrain.objective="masked-patch"'])
+    p = next(s for s in masked if s.kind == "pretrain").config["pretrain"]
+    assert (p["objective"], p["mask_rate"], p["mask_target"]) == ("masked-patch", 0.5, "mean-color")

@@ -50,6 +50,11 @@ BROKEN = {
     "sweep not a list": (TINY.replace('"pretrain.size" = [16, 32]', '"pretrain.size" = 16'), "sweep.pretrain.size: expected a list"),
     "missing required": (TINY.replace("steps = 6\n", ""), "pretrain.steps: required key is missing"),
     "empty file": ("", "the file is empty"),
+    "repeated rates": (TINY.replace("lr = 0.01\n", "lr = [0.01, 0.03, 0.01]\n"), "finetune.lr: values must be distinct, got [0.01, 0.03, 0.01]"),
+    "masked-patch on a ResNet": (TINY.replace("[pretrain]", '[pretrain]\nobjective = "masked-patch"'), 'pretrain.objective = "masked-patch" needs a ViT; R14x0.25 is a resnet model'),
+    "scratch with init": (TINY.replace('name = "ViT-Mu/4"', 'name = "ViT-Mu/4"\ninit = "timm:vit_tiny_patch16_224"').replace("[pretrain]", '[pretrain]\nobjective = "scratch"'), 'pretrain.objective = "scratch" starts from random weights, but model.init'),
+    "unknown objective": (TINY.replace("[pretrain]", '[pretrain]\nobjective = "mae"'), "pretrain.objective: Input should be 'supervised', 'masked-patch' or 'scratch'"),
+    "mask rate of 1": (TINY.replace("[pretrain]", '[pretrain]\nmask_rate = 1.0'), "pretrain.mask_rate: Input should be less than 1"),
 }
 
 

@@ -18,6 +18,7 @@ warmup_steps = 2
 [finetune]
 steps = 4
 batch_size = 16
+lr = 0.01
 warmup_steps = 1
 
 [fewshot]

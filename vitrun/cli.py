@@ -354,8 +354,7 @@ def _plan_table(experiment: str, stages, store, swept=()):
         status = store.stage(experiment, stage.key).status()
         flops = training_flops(stage)
         total += flops if status != "done" else 0.0
-        data = stage.data + (f" {stage.config['fewshot']['shots']}-shot" if stage.kind == "fewshot" else "")
-        cells = [stage.kind, stage.model, data, str(stage.size or "all"), f"[{colours[status]}]{status}[/]", f"{flops:.2e}" if flops else "–", stage.key]
+        cells = [stage.kind, stage.model, stage.detail, stage.size_label, f"[{colours[status]}]{status}[/]", f"{flops:.2e}" if flops else "–", stage.key]
         if swept:
             cells.insert(2, stage.variant(swept))
         table.add_row(*cells)

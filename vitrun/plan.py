@@ -16,7 +16,8 @@ from vitrun.schema import Recipe
 
 # Bump when a change to vitrun makes old results incomparable with new ones.
 KEY_VERSION = 1
-KINDS = ("pretrain", "finetune", "fewshot")
+KINDS = ("pretrain", "finetune_dev", "finetune", "fewshot")
+MASK_KEYS = ("mask_rate", "mask_target")
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,27 @@ class Stage:
     @property
     def data(self) -> str:
         section = self.config.get("transfer") or self.config["pretrain"]
-        return section.get("name") or section["data"]
+        return section.get("name") or section.get("data") or "random init"
 
     @property
     def size(self) -> int | None:
-        return self.config["pretrain"]["size"]
+        return self.config["pretrain"].get("size")
+
+    @property
+    def size_label(self) -> str:
+        """The pre-training size as shown: a number, "all" (the whole set) or "–" (scratch)."""
+        if self.config["pretrain"].get("objective") == "scratch":
+            return "–"
+        return "all" if self.size is None else str(self.size)
+
+    @property
+    def detail(self) -> str:
+        """The data with what tells sibling stages apart: "digits 5-shot", "digits, dev lr 0.003"."""
+        if self.kind == "fewshot":
+            return f"{self.data} {self.config['fewshot']['shots']}-shot"
+        if self.kind == "finetune_dev":
+            return f"{self.data}, dev lr {self.config['finetune']['lr']}"
+        return self.data
 
     def variant(self, keys: Iterable[str]) -> str:
         """The values of swept dotted `keys` in this stage's config, e.g. "pos_embed=2d lr=0.001".
@@ -76,7 +93,7 @@ def _variant_stages(recipe: Recipe) -> list[Stage]:
     upstream = {
         "seed": recipe.seed,
         "model": recipe.model.resolved(),
-        "pretrain": recipe.pretrain.model_dump(mode="json"),
+        "pretrain": pretrain_config(recipe),
     }
     if recipe.model.init:  # only when set: recipes without one keep their keys
         upstream["init"] = recipe.model.init
@@ -87,12 +104,35 @@ def _variant_stages(recipe: Recipe) -> list[Stage]:
         if recipe.finetune:
             finetune = recipe.finetune.model_dump(mode="json")
             finetune["image_size"] = finetune["image_size"] or recipe.pretrain.image_size
-            out.append(make_stage("finetune", {**base, "finetune": finetune}, (pretrain.key,)))
+            # A list of rates: one dev-split trial each, then the final run with the best.
+            trials = [make_stage("finetune_dev", {**base, "finetune": {**finetune, "lr": lr}}, (pretrain.key,)) for lr in _as_list(finetune["lr"])]
+            if len(trials) > 1:
+                out.extend(trials)
+            parents = (pretrain.key, *(t.key for t in trials)) if len(trials) > 1 else (pretrain.key,)
+            out.append(make_stage("finetune", {**base, "finetune": finetune}, parents))
         if recipe.fewshot:
             for shots in recipe.fewshot.shots:
                 fewshot = {**recipe.fewshot.model_dump(mode="json"), "shots": shots}
                 out.append(make_stage("fewshot", {**base, "fewshot": fewshot}, (pretrain.key,)))
     return out
+
+
+def pretrain_config(recipe: Recipe) -> dict[str, Any]:
+    """The `[pretrain]` keys a pre-training depends on, so equal work gets one key:
+    masked-patch options only for that objective (older recipes keep their keys), and for
+    "scratch" nothing but the resolution (no data, no steps: one initialisation per model).
+    """
+    section = recipe.pretrain.model_dump(mode="json")
+    if section["objective"] == "scratch":
+        return {"objective": "scratch", "image_size": section["image_size"], "steps": 0}
+    if section["objective"] != "masked-patch":
+        for key in MASK_KEYS:
+            del section[key]
+    return section
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def shard(stages: list[Stage], index: int, count: int) -> list[Stage]:

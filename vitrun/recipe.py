@@ -229,6 +229,8 @@ def _check_sources(path: Path, recipe: Recipe) -> None:
 def _describe(err: ValidationError, sweep: dict[str, list[Any]], label: str) -> str:
     first = err.errors(include_url=False)[0]
     loc = [str(p) for p in first["loc"]]
+    if not loc:  # a whole-recipe rule: its message names the keys
+        return first["msg"].removeprefix("Value error, ")
     where = _format_loc(first["loc"])
     swept = next((k for k in sweep if where == k or where.startswith(k + ".")), None)
     if swept:

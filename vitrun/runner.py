@@ -28,10 +28,9 @@ class RunSummary:
 
 
 def describe(stage: Stage, swept: Iterable[str] = ()) -> str:
-    size = stage.size if stage.size is not None else "all"
-    extra = f" {stage.config['fewshot']['shots']}-shot" if stage.kind == "fewshot" else ""
+    upstream = "no pre-training (scratch)" if stage.size_label == "–" else f"pre-train size {stage.size_label}"
     variant = stage.variant(swept)
-    return f"{stage.kind:<8} {stage.model} · {stage.data}{extra} · pre-train size {size}" + (f" · {variant}" if variant else "")
+    return f"{stage.kind:<12} {stage.model} · {stage.detail} · {upstream}" + (f" · {variant}" if variant else "")
 
 
 def run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: Console, cache_dir: str | None = None) -> RunSummary:
@@ -70,7 +69,7 @@ def run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: C
         for stage in todo:
             sd = store.stage(experiment, stage.key)
             total = _steps(stage)
-            progress.update(steps, description=f"  {stage.kind} {stage.model} · {stage.data}", total=total or 1, completed=0, visible=bool(total))
+            progress.update(steps, description=f"  {stage.kind} {stage.model} · {stage.detail}", total=total or 1, completed=0, visible=bool(total))
             with sd.lock(on_wait=lambda: console.print(f"[yellow]waiting[/yellow] for another runner on {stage.key}")):
                 if sd.status() == "done":  # another runner finished it while we waited
                     summary.skipped.append(stage.key)
@@ -91,7 +90,7 @@ def run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: C
 
 
 def _steps(stage: Stage) -> int:
-    section = stage.config.get(stage.kind, {})
+    section = stage.config["finetune"] if stage.kind == "finetune_dev" else stage.config.get(stage.kind, {})
     return int(section.get("steps", 0)) if stage.kind != "fewshot" else 0
 
 

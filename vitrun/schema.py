@@ -112,10 +112,31 @@ class PretrainConfig(DataFields):
     warmup_steps: int = Field(10_000, ge=0)
     schedule: Literal["linear", "cosine"] = "linear"
     grad_clip: Optional[PositiveFloat] = None
-    objective: Literal["supervised"] = "supervised"
+    # "supervised": classify the pre-training labels. "masked-patch": the paper's self-supervision
+    # (§4.6): corrupt `mask_rate` of the patch embeddings, predict `mask_target` of each.
+    # "scratch": no pre-training; transfer stages start from a seeded random initialisation
+    # (the baseline of §4.6), shared by every data setting of the recipe.
+    objective: Literal["supervised", "masked-patch", "scratch"] = "supervised"
+    mask_rate: Fraction = Field(0.5, description="masked-patch: share of patches corrupted (80% [mask], 10% another patch, 10% kept)")
+    mask_target: Literal["mean-color", "4x4-color", "l2-pixels"] = Field("mean-color", description="masked-patch: 3-bit mean colour (512 classes), 4x4 grid of 3-bit colours, or L2 on the pixels")
     # Softmax cross-entropy suits single-label sets; big_vision pre-trains on ImageNet-21k
     # with sigmoid cross-entropy (multi-label), available as "sigmoid".
     loss: Literal["softmax", "sigmoid"] = "softmax"
+
+
+LEARNING_RATES = (0.001, 0.003, 0.01, 0.03)  # the paper's fine-tuning grid (ImageNet: 0.003 … 0.06)
+
+
+def _one_or_distinct(value: Union[float, list[float]]) -> Union[float, list[float]]:
+    """A list of candidates must be distinct; a list of one is that value (one stage key for both)."""
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("give at least one value")
+        if len(set(value)) != len(value):
+            raise ValueError(f"values must be distinct, got {value}")
+        if len(value) == 1:
+            return value[0]
+    return value
 
 
 class FinetuneConfig(Section):
@@ -123,7 +144,9 @@ class FinetuneConfig(Section):
 
     steps: PositiveInt
     batch_size: PositiveInt = 512
-    lr: PositiveFloat = 0.01
+    # One rate, or a list scored on the dev split (a held-out `dev_fraction` of the training
+    # split, App. B.1.1): the best is retrained on the whole training split and tested.
+    lr: Union[PositiveFloat, list[PositiveFloat]] = Field(default_factory=lambda: list(LEARNING_RATES))
     momentum: float = Field(0.9, ge=0, lt=1)
     warmup_steps: int = Field(500, ge=0)
     grad_clip: Optional[PositiveFloat] = 1.0
@@ -132,13 +155,19 @@ class FinetuneConfig(Section):
     # (scipy zoom, corners to corners), or bicubic.
     pos_embed_resample: Literal["bilinear", "bicubic"] = "bilinear"
 
+    _lr = field_validator("lr")(_one_or_distinct)
+
 
 class FewshotConfig(Section):
     """`[fewshot]`: closed-form linear regression onto {-1, 1}^K on frozen features."""
 
     shots: list[PositiveInt] = Field(default_factory=lambda: [1, 5, 10, 25], min_length=1)
-    l2_reg: PositiveFloat = 2.0**10  # big_vision's fixed regulariser
+    # big_vision's fixed regulariser; a list is scored on the dev split (shots drawn from the
+    # rest of the training split) and the best is used on the test split.
+    l2_reg: Union[PositiveFloat, list[PositiveFloat]] = 2.0**10
     draws: PositiveInt = 3  # random draws of the k shots, accuracy averaged
+
+    _l2 = field_validator("l2_reg")(_one_or_distinct)
 
 
 class TransferConfig(DataFields):
@@ -173,7 +202,7 @@ class TableSpec(Section):
     """One `[[report.tables]]`: a pivot of the results DataFrame."""
 
     name: str
-    kind: Optional[Literal["pretrain", "finetune", "fewshot"]] = None
+    kind: Optional[Literal["pretrain", "finetune_dev", "finetune", "fewshot"]] = None
     rows: Column = "model"
     columns: Column = "pretrain.size"
     values: str = "accuracy"
@@ -206,4 +235,19 @@ class Recipe(Section):
     def _transfer_needed(self) -> "Recipe":
         if (self.finetune or self.fewshot) and not self.transfer:
             raise ValueError("[finetune] and [fewshot] need at least one [[transfer]] dataset")
+        return self
+
+    @model_validator(mode="after")
+    def _objective_fits(self) -> "Recipe":
+        objective = self.pretrain.objective
+        if objective == "scratch" and self.model.init:
+            raise ValueError(f'pretrain.objective = "scratch" starts from random weights, but model.init = {self.model.init!r}; remove one of them')
+        if objective == "masked-patch":
+            spec = model_registry.spec(self.model.name, **self.model.options())
+            if spec.family != "vit":
+                raise ValueError(f'pretrain.objective = "masked-patch" needs a ViT; {self.model.name} is a {spec.family} model (its tokens are not image patches); pair masked-patch with ViT models only, e.g. in a [[sweep]] table')
+            if self.pretrain.steps == 0:
+                raise ValueError('pretrain.objective = "masked-patch" with pretrain.steps = 0 trains nothing; set steps, or use objective = "scratch"')
+            if self.pretrain.mask_target == "4x4-color" and spec.patch % 4:
+                raise ValueError(f'pretrain.mask_target = "4x4-color" needs a patch size divisible by 4; {self.model.name} has {spec.patch}')
         return self

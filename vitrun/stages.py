@@ -1,4 +1,4 @@
-"""What each stage kind does: pre-train, fine-tune, few-shot.
+"""What each stage kind does: pre-train, fine-tune (with its dev-split trials), few-shot.
 
 Each function takes a planned `Stage` and the run's `Context` and returns its metrics;
 the runner around them handles the store, locks and progress display.
@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitrun import data, models
-from vitrun.data import loader, sampling
-from vitrun.data.options import SourceOptions
-from vitrun.engine import checkpoint
+from vitrun.data import loader, sampling, sources
+from vitrun.data.options import SPLIT_SEED, SourceOptions
+from vitrun.engine import checkpoint, masked_patch
 from vitrun.engine.device import Placement
-from vitrun.engine.loop import LoopSettings, decay_groups, train
-from vitrun.evals.fewshot import linear_fewshot
+from vitrun.engine.loop import LoopSettings, decay_groups, supervised, train
+from vitrun.evals.fewshot import LinearFewshot
 from vitrun.plan import Stage
 from vitrun.schema import RunConfig
 from vitrun.store import StageDir, Store
@@ -60,7 +60,7 @@ class Context:
 
 
 def run_stage(stage: Stage, ctx: Context) -> dict[str, Any]:
-    return {"pretrain": pretrain, "finetune": finetune, "fewshot": fewshot}[stage.kind](stage, ctx)
+    return {"pretrain": pretrain, "finetune_dev": finetune_dev, "finetune": finetune, "fewshot": fewshot}[stage.kind](stage, ctx)
 
 
 def training_flops(stage: Stage) -> float:
@@ -70,8 +70,8 @@ def training_flops(stage: Stage) -> float:
     spec = _spec(cfg)
     if stage.kind == "pretrain":
         p = cfg["pretrain"]
-        return 3.0 * models.forward_flops(spec, p["image_size"]) * p["steps"] * p["batch_size"]
-    if stage.kind == "finetune":
+        return 3.0 * models.forward_flops(spec, p["image_size"]) * p["steps"] * p["batch_size"] if p["steps"] else 0.0
+    if stage.kind in ("finetune_dev", "finetune"):
         f = cfg["finetune"]
         return 3.0 * models.forward_flops(spec, f["image_size"]) * f["steps"] * f["batch_size"]
     return 0.0
@@ -81,14 +81,16 @@ def training_flops(stage: Stage) -> float:
 
 def pretrain(stage: Stage, ctx: Context) -> dict[str, Any]:
     cfg, p = stage.config, stage.config["pretrain"]
-    if p["steps"] == 0:
+    if p["steps"] == 0:  # includes objective = "scratch"
         return _initial_weights(stage, ctx)
     ds = _pretrain_data(cfg, ctx)
     train_set = ds.train.subset(sampling.balanced_subset(ds.train.labels, p["size"], cfg["seed"])) if p["size"] else ds.train
+    if p["objective"] == "masked-patch":
+        return _masked_patch(stage, ctx, ds, train_set)
     model = _initial_model(cfg, ds.num_classes).to(ctx.placement.device)
     optimizer = torch.optim.AdamW(decay_groups(model, p["weight_decay"]), lr=p["lr"], betas=tuple(p["betas"]))
     loss_fn = _sigmoid_xent if p.get("loss") == "sigmoid" else F.cross_entropy
-    summary = _train(stage, ctx, model, optimizer, train_set, p["image_size"], loss_fn, p, p.get("crop") or "inception")
+    summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, train_set, p), supervised(loss_fn), p)
     sd = ctx.stage_dir(stage.key)
     checkpoint.save_weights(sd.weights_file, model)
     return {
@@ -98,6 +100,26 @@ def pretrain(stage: Stage, ctx: Context) -> dict[str, Any]:
         "train_images": len(train_set),
         "images_seen": p["steps"] * p["batch_size"],
     }
+
+
+def _masked_patch(stage: Stage, ctx: Context, ds: data.Dataset, train_set) -> dict[str, Any]:
+    """Self-supervised pre-training (§4.6): the ViT learns to predict corrupted patches; its
+    weights (with a placeholder one-class head, as `_initial_weights`) go to the transfer stages."""
+    cfg, p = stage.config, stage.config["pretrain"]
+    model = masked_patch.MaskedPatchModel(_initial_model(cfg, num_classes=1), p["mask_target"]).to(ctx.placement.device)
+    optimizer = torch.optim.AdamW(decay_groups(model, p["weight_decay"]), lr=p["lr"], betas=tuple(p["betas"]))
+    num_patches = model.vit.grid[0] * model.vit.grid[1]
+    images_at = _loader_for(stage, ctx, train_set, p)
+
+    def batch_at(step: int):  # the corruption travels in the labels' place, a pure function of the step
+        images, _ = images_at(step)
+        return images, masked_patch.plan_for_step(len(images), num_patches, p["mask_rate"], cfg["seed"], step)
+
+    summary = _train(stage, ctx, model, optimizer, batch_at, masked_patch.objective, p)
+    checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model.vit)
+    with ctx.placement.autocast():
+        scores = masked_patch.evaluate(model, _device_batches(ds.test, p["image_size"], ctx), p["mask_rate"])
+    return {**summary, "accuracy": None, **scores, "num_classes": 1, "train_images": len(train_set), "images_seen": p["steps"] * p["batch_size"]}
 
 
 def _initial_weights(stage: Stage, ctx: Context) -> dict[str, Any]:
@@ -125,34 +147,82 @@ def _initial_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     return models.build(_spec(cfg), num_classes, image_size)
 
 
-def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
+def finetune_dev(stage: Stage, ctx: Context) -> dict[str, Any]:
+    """One learning-rate trial (App. B.1.1): fine-tune on the training split less its dev
+    share, score on the dev share. The `finetune` stage picks the best trial."""
     f, t = stage.config["finetune"], stage.config["transfer"]
     ds = ctx.dataset(t, f["image_size"], t["classes"], t["per_class"])
+    fraction = sources.dev_fraction(t["data"], SourceOptions.of(t))
+    train_part, dev_part = sources.dev_split(ds.train, fraction, SPLIT_SEED)
+    model, summary = _finetuned(stage, ctx, train_part, ds.num_classes, f["lr"])
+    return {**summary, "accuracy": accuracy(model, dev_part, f["image_size"], ctx), "lr": f["lr"], "dev_fraction": fraction, "train_images": len(train_part), "dev_images": len(dev_part)}
+
+
+def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
+    """Fine-tune on the whole training split and test: at the recipe's one learning rate, or
+    at the rate whose dev trial (the parent `finetune_dev` stages) scored best."""
+    f, t = stage.config["finetune"], stage.config["transfer"]
+    ds = ctx.dataset(t, f["image_size"], t["classes"], t["per_class"])
+    chosen: dict[str, Any] = {}
+    lr = f["lr"]
+    if isinstance(lr, list):
+        trials = [ctx.stage_dir(key).read()["metrics"] for key in stage.parents[1:]]
+        dev = {str(trial["lr"]): trial["accuracy"] for trial in trials}
+        lr = max(lr, key=lambda rate: dev[str(rate)])  # ties: the first listed
+        chosen = {"lr": lr, "dev_accuracy": dev}
+    model, summary = _finetuned(stage, ctx, ds.train, ds.num_classes, lr)
+    return {**summary, **chosen, "accuracy": accuracy(model, ds.test, f["image_size"], ctx), "train_images": len(ds.train)}
+
+
+def _finetuned(stage: Stage, ctx: Context, images, num_classes: int, lr: float) -> tuple[nn.Module, dict[str, Any]]:
+    f, t = stage.config["finetune"], stage.config["transfer"]
     model = _pretrained(stage, ctx)
     # Fine-tuning protocol (App. B.1.1): the whole pre-training head goes, a zero-initialised
     # linear layer comes; a higher resolution resamples the position embeddings in 2-D.
-    model.reset_head(ds.num_classes)
+    model.reset_head(num_classes)
     model.set_image_size(f["image_size"], mode=f["pos_embed_resample"])
     model.to(ctx.placement.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=f["lr"], momentum=f["momentum"], weight_decay=0.0)
-    crop = t.get("crop") or _default_finetune_crop(t["data"])
-    summary = _train(stage, ctx, model, optimizer, ds.train, f["image_size"], F.cross_entropy, {**f, "schedule": "cosine"}, crop)
-    return {**summary, "accuracy": accuracy(model, ds.test, f["image_size"], ctx), "train_images": len(ds.train)}
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=f["momentum"], weight_decay=0.0)
+    section = {**f, "schedule": "cosine", "crop": t.get("crop") or _default_finetune_crop(t["data"])}
+    summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, images, section), supervised(F.cross_entropy), section)
+    return model, summary
 
 
 def fewshot(stage: Stage, ctx: Context) -> dict[str, Any]:
+    """Linear k-shot accuracy on frozen features, averaged over `draws` draws of the shots.
+
+    With a list of `l2_reg` values the shots come from the training split less its dev share;
+    the value with the best mean dev accuracy over the draws is the one tested.
+    """
     cfg, s, t = stage.config, stage.config["fewshot"], stage.config["transfer"]
     image_size = cfg["pretrain"]["image_size"]
     ds = ctx.dataset(t, image_size, t["classes"], t["per_class"])
     model = _pretrained(stage, ctx).to(ctx.placement.device)
+    l2_regs = s["l2_reg"] if isinstance(s["l2_reg"], list) else [s["l2_reg"]]
+    pool, dev_x = ds.train, None
+    if len(l2_regs) > 1:
+        pool, dev = sources.dev_split(ds.train, sources.dev_fraction(t["data"], SourceOptions.of(t)), SPLIT_SEED)
+        dev_x = features(model, dev, image_size, ctx)
     test_x = features(model, ds.test, image_size, ctx)
-    scores = []
+    test_hits, dev_hits = [], []  # per draw: accuracy for each l2
     for draw in range(s["draws"]):
-        shots = sampling.k_shot(ds.train.labels, s["shots"], cfg["seed"] * 1000 + draw)
-        train_x = features(model, ds.train.subset(shots), image_size, ctx)
-        predicted = linear_fewshot(train_x, ds.train.labels[shots], test_x, s["l2_reg"])
-        scores.append((predicted.cpu() == ds.test.labels).double().mean().item())
-    return {"accuracy": sum(scores) / len(scores), "accuracy_per_draw": scores, "feature_dim": test_x.shape[1]}
+        shots = sampling.k_shot(pool.labels, s["shots"], cfg["seed"] * 1000 + draw)
+        solver = LinearFewshot(features(model, pool.subset(shots), image_size, ctx), pool.labels[shots])
+        test_hits.append([_hit_rate(solver.predict(test_x, l2), ds.test.labels) for l2 in l2_regs])
+        if dev_x is not None:
+            dev_hits.append([_hit_rate(solver.predict(dev_x, l2), dev.labels) for l2 in l2_regs])
+    best = 0
+    out: dict[str, Any] = {}
+    if dev_hits:
+        dev_mean = [sum(col) / len(col) for col in zip(*dev_hits)]
+        best = max(range(len(l2_regs)), key=dev_mean.__getitem__)
+        out = {"l2_reg": l2_regs[best], "dev_accuracy": {str(l2): acc for l2, acc in zip(l2_regs, dev_mean)}}
+    scores = [row[best] for row in test_hits]
+    return {**out, "accuracy": sum(scores) / len(scores), "accuracy_per_draw": scores, "feature_dim": test_x.shape[1]}
+
+
+def _hit_rate(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    return (predicted.cpu() == labels).double().mean().item()
 
 
 # -- shared pieces ---------------------------------------------------------------------
@@ -198,9 +268,13 @@ def _default_finetune_crop(source: str) -> str:
     return "inception" if data.is_embedded(source) else "resize"
 
 
-def _train(stage, ctx, model, optimizer, images, image_size: int, loss_fn, section: dict, crop: str) -> dict[str, Any]:
-    seed = stage.config["seed"]
-    batch_at = loader.train_batches(images, image_size, section["batch_size"], section["steps"], seed, crop, ctx.loader_settings())
+def _loader_for(stage: Stage, ctx: Context, images, section: dict):
+    """`batch_at(step)` over `images` for a training section ([pretrain] or [finetune])."""
+    crop = section.get("crop") or "inception"
+    return loader.train_batches(images, section["image_size"], section["batch_size"], section["steps"], stage.config["seed"], crop, ctx.loader_settings())
+
+
+def _train(stage, ctx, model, optimizer, batch_at, objective, section: dict) -> dict[str, Any]:
     settings = LoopSettings(
         steps=section["steps"],
         warmup_steps=section["warmup_steps"],
@@ -209,7 +283,7 @@ def _train(stage, ctx, model, optimizer, images, image_size: int, loss_fn, secti
         log_every=ctx.run.log_every,
         checkpoint_seconds=ctx.run.checkpoint_seconds,
     )
-    return train(model, optimizer, batch_at, loss_fn, settings, ctx.placement, ctx.stage_dir(stage.key), seed, ctx.on_step)
+    return train(model, optimizer, batch_at, objective, settings, ctx.placement, ctx.stage_dir(stage.key), stage.config["seed"], ctx.on_step)
 
 
 def _sigmoid_xent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -218,12 +292,17 @@ def _sigmoid_xent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1).mean()
 
 
+def _device_batches(images, image_size: int, ctx: Context):
+    for x, y in loader.eval_batches(images, image_size, EVAL_BATCH, ctx.loader_settings()):
+        yield x.to(ctx.placement.device), y
+
+
 @torch.no_grad()
 def _map_batches(fn, images, image_size: int, ctx: Context) -> torch.Tensor:
     out = []
-    for x, _ in loader.eval_batches(images, image_size, EVAL_BATCH, ctx.loader_settings()):
+    for x, _ in _device_batches(images, image_size, ctx):
         with ctx.placement.autocast():
-            out.append(fn(x.to(ctx.placement.device)).float())
+            out.append(fn(x).float())
     return torch.cat(out)
 
 

@@ -28,6 +28,7 @@ warmup_steps = 1
 [finetune]
 steps = 3
 batch_size = 12
+lr = [0.01, 0.03]       # dev trials on lazily decoded sets
 warmup_steps = 1
 
 [fewshot]
@@ -66,13 +67,15 @@ def test_recipe_on_folder_arrow_and_parquet(tmp_path, image_folder, hf_arrow, hf
     run = _invoke("recipe", str(recipe), "--results", str(results))
     assert run.exit_code == 0, run.output
     records = [json.loads(p.read_text()) for p in (results / "real").glob("*/stage.json")]
-    assert sorted(r["kind"] for r in records) == ["fewshot"] * 2 + ["finetune"] * 2 + ["pretrain"]
+    assert sorted(r["kind"] for r in records) == ["fewshot"] * 2 + ["finetune"] * 2 + ["finetune_dev"] * 4 + ["pretrain"]
     pretrain = next(r for r in records if r["kind"] == "pretrain")
     assert pretrain["metrics"]["train_images"] == 30 and pretrain["metrics"]["num_classes"] == 3
     assert "image_column" not in pretrain["config"]["pretrain"], "unset source options stay out of stage keys"
     finetune = {r["config"]["transfer"]["name"]: r for r in records if r["kind"] == "finetune"}
     assert finetune["parquet"]["config"]["transfer"]["label_column"] == "fine_label"
     assert finetune["arrow"]["metrics"]["train_images"] == 48
+    trials = [r["metrics"] for r in records if r["kind"] == "finetune_dev" and r["config"]["transfer"]["name"] == "arrow"]
+    assert [(t["train_images"], t["dev_images"]) for t in trials] == [(43, 5)] * 2, "10% of 48 held out"
 
     doc = json.loads(_invoke("report", "--results", str(results), "--format", "json").output)
     (table,) = doc["tables"]
@@ -82,7 +85,7 @@ def test_recipe_on_folder_arrow_and_parquet(tmp_path, image_folder, hf_arrow, hf
     # [run] workers never changes a stage key (every stage is found done) nor a result.
     recipe.write_text(RECIPE.format(folder=image_folder, arrow=hf_arrow, parquet=hf_parquet, workers=0))
     again = _invoke("recipe", str(recipe), "--results", str(results))
-    assert "5 of 5 stages already done" in again.output
+    assert "9 of 9 stages already done" in again.output
     fresh = tmp_path / "fresh"
     assert _invoke("recipe", str(recipe), "--results", str(fresh)).exit_code == 0
     for record in records:

@@ -11,7 +11,7 @@ from torch import nn
 
 from vitrun.engine import Interrupted
 from vitrun.engine.device import place
-from vitrun.engine.loop import LoopSettings, decay_groups, train
+from vitrun.engine.loop import LoopSettings, decay_groups, supervised, train
 from vitrun.store import StageDir
 
 SETTINGS = LoopSettings(steps=12, warmup_steps=2, schedule="linear", grad_clip=1.0, log_every=2, checkpoint_seconds=0.0)
@@ -33,7 +33,7 @@ def _run(tmp_path, name, on_step=None, model=None, settings=SETTINGS):
     optimizer = torch.optim.AdamW(decay_groups(model, 0.1), lr=0.05)
     sd = StageDir(tmp_path / name)
     sd.path.mkdir(parents=True, exist_ok=True)
-    summary = train(model, optimizer, _batch_at, F.cross_entropy, settings, place("cpu"), sd, seed=0, on_step=on_step)
+    summary = train(model, optimizer, _batch_at, supervised(F.cross_entropy), settings, place("cpu"), sd, seed=0, on_step=on_step)
     return model, summary, sd
 
 

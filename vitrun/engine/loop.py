@@ -45,18 +45,31 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
+def supervised(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
+    """The objective of classification: loss_fn(model(images), labels)."""
+
+    def objective(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return loss_fn(model(images), labels)
+
+    return objective
+
+
 def train(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     batch_at: Callable[[int], Batch],
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    objective: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
     settings: LoopSettings,
     placement: Placement,
     stage_dir: StageDir,
     seed: int,
     on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
-    """Train `model` in place for `settings.steps` steps; returns summary metrics."""
+    """Train `model` in place for `settings.steps` steps; returns summary metrics.
+
+    objective(model, images, labels) -> scalar loss: `supervised(loss_fn)` for classification;
+    masked-patch pre-training passes its corruption plan in the labels' place.
+    """
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     # Where training starts:
     # 1. this stage's own checkpoint, if a killed run left one (resume, nothing lost);
@@ -80,7 +93,7 @@ def train(
                 images = images.to(placement.device, non_blocking=True)
                 labels = labels.to(placement.device, non_blocking=True)
                 with placement.autocast():
-                    loss = loss_fn(step_fn(images), labels)
+                    loss = objective(step_fn, images, labels)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate or set grad_clip")
                 optimizer.zero_grad(set_to_none=True)
