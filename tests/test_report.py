@@ -81,3 +81,20 @@ def test_defaults_without_sizes_pivot_on_datasets(tmp_path):
     (table,) = to_json("exp", build_tables(frame, [spec]))["tables"]
     assert table["index"] == ["R50", "ViT"] and table["columns"] == ["digits", "shapes"]
     assert table["data"] == [[90.0, None], [50.0, 70.0]]
+
+
+@pytest.mark.parametrize("columns,drawn", [("pretrain.size", "plot"), ("data", "bar")])
+def test_figures_draw_sizes_as_lines_and_categories_as_bars(store, tmp_path, monkeypatch, columns, drawn):
+    """A size or learning-rate axis is a curve (Figure 4); datasets or objectives are groups of bars."""
+    import matplotlib.axes
+
+    from vitrun.report import save_figure
+
+    calls = []
+    for name in ("plot", "bar"):
+        original = getattr(matplotlib.axes.Axes, name)
+        monkeypatch.setattr(matplotlib.axes.Axes, name, lambda self, *a, _name=name, _original=original, **k: calls.append(_name) or _original(self, *a, **k))
+    (table,) = build_tables(load_frame(store), [TableSpec(name="t", kind="finetune", rows="model", columns=columns)])
+    save_figure(table, tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 0
+    assert calls == [drawn] * 2, "one series per model"

@@ -169,7 +169,8 @@ def slug(name: str) -> str:
 
 
 def save_figure(table: Table, path: Path) -> None:
-    """Line plot of a table: x = its columns, one line per row (Figure 4 style)."""
+    """A table as a figure: numeric columns (sizes, rates) as lines, one per row (Figure 4
+    style); categorical columns (datasets, objectives) as grouped bars, in the table's order."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,9 +182,13 @@ def save_figure(table: Table, path: Path) -> None:
     except (TypeError, ValueError):
         xs, numeric = list(range(len(frame.columns))), False
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for index, row in frame.iterrows():
+    width = 0.8 / max(len(frame), 1)
+    for i, (index, row) in enumerate(frame.iterrows()):
         label = " · ".join(map(str, index)) if isinstance(index, tuple) else str(index)
-        ax.plot(xs, row.values, marker="o", label=label)
+        if numeric:
+            ax.plot(xs, row.values, marker="o", label=label)
+        else:
+            ax.bar([x - 0.4 + width * (i + 0.5) for x in xs], row.values, width, label=label)
     if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
         ax.minorticks_off()
@@ -191,7 +196,7 @@ def save_figure(table: Table, path: Path) -> None:
     ax.set_xlabel(frame.columns.name or "")
     ax.set_ylabel(f"{table.spec.values}" + (" (%)" if table.spec.scale == 100 else ""))
     ax.set_title(table.name, fontsize=9)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, axis="both" if numeric else "y")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
