@@ -41,6 +41,13 @@ class Stage:
         return self.config["pretrain"].get("size")
 
     @property
+    def training(self) -> dict[str, Any] | None:
+        """The config section this stage trains by (steps, batch_size, image_size), or None:
+        [pretrain] for pre-training, [finetune] for fine-tuning and its dev trials."""
+        section = {"pretrain": "pretrain", "finetune_dev": "finetune", "finetune": "finetune"}.get(self.kind)
+        return self.config[section] if section else None
+
+    @property
     def size_label(self) -> str:
         """The pre-training size as shown: a number, "all" (the whole set) or "–" (scratch)."""
         if self.config["pretrain"].get("objective") == "scratch":

@@ -90,8 +90,7 @@ def run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: C
 
 
 def _steps(stage: Stage) -> int:
-    section = stage.config["finetune"] if stage.kind == "finetune_dev" else stage.config.get(stage.kind, {})
-    return int(section.get("steps", 0)) if stage.kind != "fewshot" else 0
+    return int(stage.training["steps"]) if stage.training else 0
 
 
 def _stage_record(stage: Stage, experiment: str, metrics: dict[str, Any], wall: float, flops: float, device: str, torch_version: str) -> dict[str, Any]:

@@ -66,15 +66,10 @@ def run_stage(stage: Stage, ctx: Context) -> dict[str, Any]:
 def training_flops(stage: Stage) -> float:
     """Estimated FLOPs of the stage: 3× forward (forward + backward) per training image,
     1× forward per evaluated image (test-set sizes are not known before loading: excluded)."""
-    cfg = stage.config
-    spec = _spec(cfg)
-    if stage.kind == "pretrain":
-        p = cfg["pretrain"]
-        return 3.0 * models.forward_flops(spec, p["image_size"]) * p["steps"] * p["batch_size"] if p["steps"] else 0.0
-    if stage.kind in ("finetune_dev", "finetune"):
-        f = cfg["finetune"]
-        return 3.0 * models.forward_flops(spec, f["image_size"]) * f["steps"] * f["batch_size"]
-    return 0.0
+    section = stage.training
+    if not section or not section["steps"]:  # few-shot, or no pre-training (steps = 0, scratch)
+        return 0.0
+    return 3.0 * models.forward_flops(_spec(stage.config), section["image_size"]) * section["steps"] * section["batch_size"]
 
 
 # -- kinds -----------------------------------------------------------------------------
@@ -88,7 +83,7 @@ def pretrain(stage: Stage, ctx: Context) -> dict[str, Any]:
     if p["objective"] == "masked-patch":
         return _masked_patch(stage, ctx, ds, train_set)
     model = _initial_model(cfg, ds.num_classes).to(ctx.placement.device)
-    optimizer = torch.optim.AdamW(decay_groups(model, p["weight_decay"]), lr=p["lr"], betas=tuple(p["betas"]))
+    optimizer = _pretrain_optimizer(model, p)
     loss_fn = _sigmoid_xent if p.get("loss") == "sigmoid" else F.cross_entropy
     summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, train_set, p), supervised(loss_fn), p)
     sd = ctx.stage_dir(stage.key)
@@ -107,7 +102,7 @@ def _masked_patch(stage: Stage, ctx: Context, ds: data.Dataset, train_set) -> di
     weights (with a placeholder one-class head, as `_initial_weights`) go to the transfer stages."""
     cfg, p = stage.config, stage.config["pretrain"]
     model = masked_patch.MaskedPatchModel(_initial_model(cfg, num_classes=1), p["mask_target"]).to(ctx.placement.device)
-    optimizer = torch.optim.AdamW(decay_groups(model, p["weight_decay"]), lr=p["lr"], betas=tuple(p["betas"]))
+    optimizer = _pretrain_optimizer(model, p)
     num_patches = model.vit.grid[0] * model.vit.grid[1]
     images_at = _loader_for(stage, ctx, train_set, p)
 
@@ -120,6 +115,11 @@ def _masked_patch(stage: Stage, ctx: Context, ds: data.Dataset, train_set) -> di
     with ctx.placement.autocast():
         scores = masked_patch.evaluate(model, _device_batches(ds.test, p["image_size"], ctx), p["mask_rate"])
     return {**summary, "accuracy": None, **scores, "num_classes": 1, "train_images": len(train_set), "images_seen": p["steps"] * p["batch_size"]}
+
+
+def _pretrain_optimizer(model: nn.Module, p: dict[str, Any]) -> torch.optim.Optimizer:
+    """Adam with decoupled weight decay on kernels only (Table 3), for either objective."""
+    return torch.optim.AdamW(decay_groups(model, p["weight_decay"]), lr=p["lr"], betas=tuple(p["betas"]))
 
 
 def _initial_weights(stage: Stage, ctx: Context) -> dict[str, Any]:
@@ -152,8 +152,7 @@ def finetune_dev(stage: Stage, ctx: Context) -> dict[str, Any]:
     share, score on the dev share. The `finetune` stage picks the best trial."""
     f, t = stage.config["finetune"], stage.config["transfer"]
     ds = ctx.dataset(t, f["image_size"], t["classes"], t["per_class"])
-    fraction = sources.dev_fraction(t["data"], SourceOptions.of(t))
-    train_part, dev_part = sources.dev_split(ds.train, fraction, SPLIT_SEED)
+    fraction, (train_part, dev_part) = _dev_split(t, ds.train)
     model, summary = _finetuned(stage, ctx, train_part, ds.num_classes, f["lr"])
     return {**summary, "accuracy": accuracy(model, dev_part, f["image_size"], ctx), "lr": f["lr"], "dev_fraction": fraction, "train_images": len(train_part), "dev_images": len(dev_part)}
 
@@ -201,7 +200,7 @@ def fewshot(stage: Stage, ctx: Context) -> dict[str, Any]:
     l2_regs = s["l2_reg"] if isinstance(s["l2_reg"], list) else [s["l2_reg"]]
     pool, dev_x = ds.train, None
     if len(l2_regs) > 1:
-        pool, dev = sources.dev_split(ds.train, sources.dev_fraction(t["data"], SourceOptions.of(t)), SPLIT_SEED)
+        _, (pool, dev) = _dev_split(t, ds.train)
         dev_x = features(model, dev, image_size, ctx)
     test_x = features(model, ds.test, image_size, ctx)
     test_hits, dev_hits = [], []  # per draw: accuracy for each l2
@@ -257,6 +256,13 @@ def _pretrained(stage: Stage, ctx: Context) -> nn.Module:
     model = models.build(_spec(cfg), num_classes, p["image_size"])
     model.load_state_dict(weights)
     return model
+
+
+def _dev_split(transfer: dict[str, Any], train):
+    """(fraction, (train less dev, dev)): the held-out share of a transfer set's training split
+    that learning rates and l2 are picked on (App. B.1.1), the same images for every run."""
+    fraction = sources.dev_fraction(transfer["data"], SourceOptions.of(transfer))
+    return fraction, sources.dev_split(train, fraction, SPLIT_SEED)
 
 
 def _default_finetune_crop(source: str) -> str:
