@@ -238,16 +238,12 @@ def bench_data_cmd(source, image_size, batch_size, workers, steps, crop, model, 
     `torchvision:NAME`). Embedded sources are augmented in memory (workers unused).
     """
     from vitrun import data
-    from vitrun.data import bench, loader, sources
+    from vitrun.data import bench, loader
 
     opts = _source_options(options)
     workers = loader.LoaderSettings.auto_workers() if workers is None else workers
     try:
-        if data.is_embedded(source):
-            if source not in data.SOURCES:
-                _fail(f"{source}: unknown data source (embedded: {', '.join(data.SOURCES)}; or KIND:TARGET with KIND one of {', '.join(sources.KINDS)})")
-        else:
-            sources.check(source, opts, cache_dir)
+        data.check(source, opts, cache_dir)
         if model:
             from vitrun.models import spec
 

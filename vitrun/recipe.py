@@ -208,20 +208,11 @@ def _check_sources(path: Path, recipe: Recipe) -> None:
     few seconds. Results are cached, so a sweep of many variants checks each source once.
     """
     from vitrun import data
-    from vitrun.data import sources
 
     sections = [("pretrain", recipe.pretrain)] + [(f"transfer[{i}]", t) for i, t in enumerate(recipe.transfer)]
     for where, section in sections:
-        source = section.data
-        options = data.SourceOptions.of(section.model_dump())
         try:
-            if data.is_embedded(source):
-                if source not in data.SOURCES:
-                    hint = _suggest(source, list(data.SOURCES)) or f" (embedded: {', '.join(data.SOURCES)}; or KIND:TARGET with KIND one of {', '.join(sources.KINDS)})"
-                    raise data.SourceError("data", f"unknown data source {source!r}{hint}")
-                sources.check_options(sources.parse(source), options)
-            else:
-                sources.check(source, options, os.environ.get("VITRUN_CACHE"))
+            data.check(section.data, data.SourceOptions.of(section.model_dump()), os.environ.get("VITRUN_CACHE"))
         except data.SourceError as err:
             raise RecipeError(f"{path}: {where}.{err.key}: {err}") from None
 

@@ -32,7 +32,7 @@ from vitrun.data.lazy import LazyImageSet
 from vitrun.data.options import SourceError, SourceOptions
 from vitrun.data.sampling import k_shot
 
-__all__ = ["SOURCES", "Dataset", "ImageSet", "LazyImageSet", "SourceError", "SourceOptions", "load", "is_embedded"]
+__all__ = ["SOURCES", "Dataset", "ImageSet", "LazyImageSet", "SourceError", "SourceOptions", "load", "check", "is_embedded"]
 
 SOURCES: dict[str, str] = {
     "fractal": "FractalDB-style IFS fractals, any number of classes and images (generated, pre-training)",
@@ -46,6 +46,29 @@ GENERATORS: dict[str, ModuleType] = {"fractal": fractal, "shapes": shapes}
 def is_embedded(source: str) -> bool:
     """Whether ``source`` names an embedded (in-memory) set rather than a ``KIND:TARGET`` source."""
     return ":" not in source
+
+
+def check(source: str, options: SourceOptions = SourceOptions(), cache_dir: str | None = None) -> None:
+    """Raise SourceError unless ``source`` opens here: an embedded name (with the nearest one
+    suggested when unknown) and options that apply to it, or a real source (``sources.check``:
+    metadata only, never a download)."""
+    from vitrun.data import sources
+
+    if not is_embedded(source):
+        sources.check(source, options, cache_dir)
+        return
+    if source not in SOURCES:
+        raise SourceError("data", _unknown_source(source))
+    sources.check_options(sources.parse(source), options)
+
+
+def _unknown_source(source: str) -> str:
+    close = difflib.get_close_matches(source, SOURCES, n=1)
+    if close:
+        return f"unknown data source {source!r} (did you mean {close[0]!r}?)"
+    from vitrun.data.sources import KINDS
+
+    return f"unknown data source {source!r} (embedded: {', '.join(SOURCES)}; or KIND:TARGET with KIND one of {', '.join(KINDS)})"
 
 
 def load(
@@ -79,9 +102,7 @@ def load(
 
         return _restrict(sources.open_dataset(source, options or SourceOptions(), cache_dir), seed, classes, per_class)
     if source not in SOURCES:
-        close = difflib.get_close_matches(source, SOURCES, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(SOURCES))}"
-        raise ValueError(f"unknown data source {source!r} ({hint})")
+        raise SourceError("data", _unknown_source(source))
     if not isinstance(image_size, int) or image_size < 4:
         raise ValueError(f"image_size must be an integer >= 4, got {image_size!r}")
     if source == "digits":
