@@ -45,10 +45,15 @@ def open_splits(kind: str, target: str, options: SourceOptions) -> dict[str, Any
         files = parquet_files(target)
         return dict(datasets.load_dataset("parquet", data_files=files))
     path = Path(target)
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+    if is_saved(path):
         return _from_disk(path, source)
     loaded = datasets.load_dataset(target, options.config)
     return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+
+
+def is_saved(path: Path) -> bool:
+    """Whether ``path`` is a save_to_disk folder (hf:PATH accepts those too)."""
+    return path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file())
 
 
 def parquet_files(pattern: str) -> dict[str, list[str]]:

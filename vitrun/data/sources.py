@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitrun.data import hf
 from vitrun.data.imageset import Dataset
 from vitrun.data.lazy import LazyImageSet
 from vitrun.data.options import DEFAULT_TEST_FRACTION, SPLIT_SEED, SourceError, SourceOptions
@@ -121,7 +122,7 @@ def check(text: str, options: SourceOptions = SourceOptions(), cache_dir: str | 
         tv.check(source.target, options, cache_dir)
     elif source.kind == "parquet":
         _check_parquet(source, options)
-    elif source.kind == "arrow" or _is_saved(Path(source.target).expanduser()):
+    elif source.kind == "arrow" or hf.is_saved(Path(source.target).expanduser()):
         _check_arrow(source, options)
     elif source.kind == "hf":
         _check_hf(source)
@@ -185,8 +186,6 @@ def _open_folder(source: Source, options: SourceOptions):
 
 
 def _open_hf(source: Source, options: SourceOptions):
-    from vitrun.data import hf
-
     splits = hf.open_splits(source.kind, source.target, _with_config(source, options))
     train_name, test_name = hf.pick_splits(splits, options, str(source))
     train_ds = splits[train_name]
@@ -206,16 +205,9 @@ def _with_config(source: Source, options: SourceOptions) -> SourceOptions:
     return replace(options, config=source.config or options.config)
 
 
-def _is_saved(path: Path) -> bool:
-    """Whether ``path`` is a save_to_disk folder (hf:PATH accepts those too)."""
-    return path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file())
-
-
 def _check_parquet(source: Source, options: SourceOptions) -> None:
     import datasets
     import pyarrow.parquet as pq
-
-    from vitrun.data import hf
 
     files = hf.parquet_files(source.target)
     try:
@@ -227,8 +219,6 @@ def _check_parquet(source: Source, options: SourceOptions) -> None:
 
 
 def _check_arrow(source: Source, options: SourceOptions) -> None:
-    from vitrun.data import hf
-
     path = Path(source.target).expanduser()
     if not path.exists():
         raise SourceError("data", f"{source}: no such folder (give the folder that save_to_disk wrote)")
