@@ -301,7 +301,7 @@ def to_npz(model: nn.Module, path: str | Path) -> None:
             raise ValueError(f"to_npz: {spec.name} has fc_norm=True (LayerNorm after pooling), which the official layout cannot hold")
         if spec.class_token and spec.classifier != "token":
             raise ValueError(f"to_npz: {spec.name} carries a class token but pools the patches (gap); the official layout reads a class token as classifier 'token'")
-        if spec.pos_embed not in ("1d", "none") or getattr(spec, "pos_embed_at", "stem") != "stem":
+        if spec.pos_embed not in ("1d", "none") or spec.pos_embed_at != "stem":
             raise ValueError("to_npz: the official layout holds learned 1-D position embeddings added at the stem only")
     state = model.state_dict()
     arrays = {}

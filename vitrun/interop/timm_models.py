@@ -39,7 +39,7 @@ except ImportError as err:  # pragma: no cover - exercised only where timm is ab
     raise ImportError("vitrun.interop's timm conversion needs timm: pip install timm") from err
 
 from vitrun.models.registry import ModelSpec
-from vitrun.models.resnet import EPS, WS_EPS
+from vitrun.models.resnet import EPS, standardize
 from vitrun.models.vit import LN_EPS
 
 from . import specs
@@ -51,7 +51,7 @@ class OfficialStdConv2d(StdConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Cin, H, W) -> (B, Cout, H', W')"""
-        return F.conv2d(x, _official_standardize(self.weight), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(x, standardize(self.weight), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class OfficialStdConv2dSame(StdConv2dSame):
@@ -61,13 +61,7 @@ class OfficialStdConv2dSame(StdConv2dSame):
         """x: (B, Cin, H, W) -> (B, Cout, ceil(H/s), ceil(W/s))"""
         if self.same_pad:
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-        return F.conv2d(x, _official_standardize(self.weight), self.bias, self.stride, self.padding, self.dilation, self.groups)
-
-
-def _official_standardize(w: torch.Tensor) -> torch.Tensor:
-    flat = w.reshape(w.shape[0], -1)  # (Cout, Cin*k*k): statistics per output filter
-    flat = (flat - flat.mean(1, keepdim=True)) / (flat.std(1, unbiased=False, keepdim=True) + WS_EPS)
-    return flat.reshape_as(w)  # (Cout, Cin, k, k)
+        return F.conv2d(x, standardize(self.weight), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 def _unsupported(feature: str) -> ValueError:
@@ -331,7 +325,7 @@ def _check_timm_can_express(model: nn.Module) -> None:
     if spec.pos_embed not in ("1d", "none"):
         raise ValueError(f"to_timm: pos_embed={spec.pos_embed!r} has no timm equivalent (timm: learned 1-D or none)")
     # Added by Appendix D.4's variants: timm adds position embeddings once, at the stem.
-    if getattr(spec, "pos_embed_at", "stem") != "stem":
+    if spec.pos_embed_at != "stem":
         raise ValueError(f"to_timm: pos_embed_at={spec.pos_embed_at!r} has no timm equivalent (timm: once, at the stem)")
     if not isinstance(model.head, (nn.Linear, FeatureHead)):
         raise ValueError(f"to_timm: head {type(model.head).__name__} has no timm equivalent")

@@ -51,6 +51,18 @@ EPS = {"official": (WS_EPS, 1e-6), "timm": (1e-8, 1e-5)}
 
 # -- layers ----------------------------------------------------------------------------
 
+def standardize(w: torch.Tensor, eps_convention: str = "official") -> torch.Tensor:
+    """Weight standardisation of a conv kernel (Cout, Cin, k, k), statistics per output filter:
+    (w − μ)/(σ + 1e-5) "official" (vit_jax `StdConv`), (w − μ)/sqrt(σ² + 1e-8) "timm"."""
+    flat = w.reshape(w.shape[0], -1)  # (Cout, Cin*k*k)
+    var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)  # one pass for both
+    if eps_convention == "timm":
+        scale = torch.rsqrt(var + EPS["timm"][0])
+    else:
+        scale = 1.0 / (var.sqrt() + WS_EPS)
+    return ((flat - mean) * scale).reshape_as(w)  # (Cout, Cin, k, k)
+
+
 class StdConv2d(nn.Conv2d):
     """Conv2d with Weight Standardisation (arXiv 1903.10520), no bias.
 
@@ -65,14 +77,7 @@ class StdConv2d(nn.Conv2d):
         nn.init.trunc_normal_(self.weight, std=self.weight[0].numel() ** -0.5)
 
     def standardized_weight(self) -> torch.Tensor:
-        w = self.weight  # (Cout, Cin, k, k)
-        flat = w.reshape(w.shape[0], -1)  # (Cout, Cin*k*k): statistics per output filter
-        var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)  # one pass for both
-        if self.eps_convention == "timm":
-            scale = torch.rsqrt(var + EPS["timm"][0])
-        else:
-            scale = 1.0 / (var.sqrt() + WS_EPS)
-        return ((flat - mean) * scale).reshape_as(w)  # (Cout, Cin, k, k)
+        return standardize(self.weight, self.eps_convention)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Cin, H, W) -> (B, Cout, H', W')"""
