@@ -11,6 +11,12 @@ from dataclasses import dataclass
 import torch
 
 
+def as_indices(indices) -> torch.Tensor:
+    """1-D ints or a boolean mask -> int64 (K,) indices: what every image set's ``subset`` takes."""
+    idx = torch.as_tensor(indices)
+    return torch.nonzero(idx).flatten() if idx.dtype == torch.bool else idx.to(torch.int64)
+
+
 # eq=False: the fields are tensors, whose ``==`` is elementwise, so a generated __eq__
 # would raise; identity comparison is the honest default.
 @dataclass(frozen=True, eq=False)
@@ -43,8 +49,7 @@ class ImageSet:
 
     def subset(self, indices) -> "ImageSet":
         """The images at ``indices`` (1-D ints, or a boolean mask), same class list."""
-        idx = torch.as_tensor(indices)
-        idx = torch.nonzero(idx).flatten() if idx.dtype == torch.bool else idx.to(torch.int64)
+        idx = as_indices(indices)
         return ImageSet(self.images[idx], self.labels[idx], self.classes)
 
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vitrun.data.imageset import as_indices
+
 
 class Reader(Protocol):
     def read(self, row: int) -> Image.Image:
@@ -96,6 +98,5 @@ class LazyImageSet:
 
     def subset(self, indices) -> "LazyImageSet":
         """The images at ``indices`` (1-D ints, or a boolean mask), same class list."""
-        idx = torch.as_tensor(indices)
-        idx = torch.nonzero(idx).flatten() if idx.dtype == torch.bool else idx.to(torch.int64)
+        idx = as_indices(indices)
         return LazyImageSet(self.reader, self.rows[idx.numpy()], self.labels[idx], self.classes)
