@@ -29,6 +29,7 @@ from vitrun.data.imageset import Dataset
 from vitrun.data.lazy import LazyImageSet
 from vitrun.data.options import DEFAULT_TEST_FRACTION, SPLIT_SEED, SourceError, SourceOptions
 from vitrun.data.sampling import holdout_split
+from vitrun.probe import PROBE_SECONDS
 
 KINDS = {
     "hf": "Hugging Face datasets: hf:<hub id or local path>[:<config>]",
@@ -57,7 +58,6 @@ OPTION_KINDS = {
 # Pets and Flowers, '[:99%]' for ImageNet), recognised by a word in the source string.
 DEV_FRACTIONS = (("imagenet", 0.01), ("ilsvrc", 0.01), ("cifar", 0.02), ("pet", 0.10), ("flower", 0.10))
 DEFAULT_DEV_FRACTION = 0.10  # anything else: small custom sets need a dev set big enough to rank learning rates
-HUB_PROBE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ def _check_hf(source: Source) -> None:
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
-        HfApi().dataset_info(target, timeout=HUB_PROBE_SECONDS)
+        HfApi().dataset_info(target, timeout=PROBE_SECONDS)
     except RepositoryNotFoundError:
         raise SourceError("data", f"{source}: no such dataset on the Hugging Face hub (check the id, e.g. hf:uoft-cs/cifar10)") from None
     except Exception:  # no network, DNS, proxy, timeout: all mean "cannot download here"

@@ -13,8 +13,6 @@ Labels come from the attribute the class keeps them in (``targets``, ``labels`` 
 from __future__ import annotations
 
 import inspect
-import os
-import socket
 import urllib.parse
 from pathlib import Path
 
@@ -22,10 +20,10 @@ import numpy as np
 
 from vitrun.data.lazy import LazyImageSet, TorchvisionReader
 from vitrun.data.options import SourceError, SourceOptions
+from vitrun.probe import reachable
 
 TRAIN_SPLIT = {"OxfordIIITPet": "trainval"}
 LABEL_ATTRIBUTES = ("targets", "labels", "_labels", "y")
-PROBE_SECONDS = 3.0
 
 
 def dataset_class(name: str):
@@ -100,18 +98,6 @@ def check(name: str, options: SourceOptions, cache_dir=None) -> None:
     if url and not reachable(url):
         host = urllib.parse.urlsplit(url).hostname
         raise SourceError("download", f"torchvision:{name} cannot be downloaded here ({host} is unreachable); set root = a folder that has it, or use folder:PATH / parquet:PATH")
-
-
-def reachable(url: str, timeout: float = PROBE_SECONDS) -> bool:
-    """Whether a TCP connection to the URL's host opens within ``timeout`` (or through $https_proxy)."""
-    proxy = os.environ.get("https_proxy") or os.environ.get("HTTPS_PROXY")
-    parts = urllib.parse.urlsplit(proxy or url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _download_url(cls) -> str | None:

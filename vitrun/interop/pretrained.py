@@ -16,11 +16,9 @@ import contextlib
 import difflib
 import importlib.util
 import re
-import socket
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
-from urllib.parse import urlparse
 
 from vitrun.models.registry import ModelSpec
 
@@ -130,12 +128,9 @@ def _offline_reason() -> str | None:
 
     if constants.is_offline_mode():
         return "HF_HUB_OFFLINE is set"
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
-    except OSError:
-        return "no network"
-    return None
+    from vitrun.probe import reachable
+
+    return None if reachable(constants.ENDPOINT) else "no network"
 
 
 @contextlib.contextmanager
