@@ -67,7 +67,8 @@ def main():
 @click.option("--dry-run", is_flag=True, help="Print the plan (kind, model, data, size, status, FLOPs) and run nothing.")
 @click.option("--shard", callback=_parse_shard, metavar="I/N", help="Run only shard I of N (1-based); independent jobs sharing --results merge with no extra step.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), envvar="VITRUN_CACHE", help="Where generated datasets are cached [env VITRUN_CACHE; default ~/.cache/vitrun].")
-def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir):
+@click.option("--fail-fast", is_flag=True, help="Stop at the first stage that fails or diverges (default: go on with every stage whose parents are done, then exit 1).")
+def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast):
     """Run RECIPE (a path, or a built-in name such as `quickstart`) and print its report.
 
     The recipe's [sweep] expands into stages (pre-train → fine-tune / few-shot). Finished
@@ -91,11 +92,14 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir):
         console.print(_plan_table(loaded.name, stages, store, loaded.swept_keys()))
         return
     from vitrun.engine import Interrupted
-    from vitrun.runner import StageFailed, run_plan
+    from vitrun.runner import ResultsUnwritable, print_summary, run_plan
 
+    if not stages:
+        console.print("Nothing to run (no stages in this shard or plan); nothing written")
+        return
     try:
-        summary = run_plan(loaded, stages, store, console, cache_dir)
-    except StageFailed as err:
+        summary = run_plan(loaded, stages, store, console, cache_dir, fail_fast)
+    except ResultsUnwritable as err:
         _fail(str(err), EXIT_FAILED)
     except Interrupted as err:  # training checkpointed before stopping
         _fail(f"interrupted: {err}", EXIT_INTERRUPTED)
@@ -103,7 +107,11 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir):
         _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
     if summary.ran:
         console.print(f"Ran {len(summary.ran)} stages; results in {store.root / loaded.name}")
-    _print_report(store, [loaded.name], "table", None, console)
+    if store.experiments() and loaded.name in store.experiments():
+        _print_report(store, [loaded.name], "table", None, console, allow_missing=True)
+    print_summary(summary, console)
+    if not summary.complete:
+        sys.exit(EXIT_FAILED)
 
 
 @main.command("report")
@@ -111,7 +119,8 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir):
 @click.option("--experiment", help="Only this experiment (a folder under --results). Default: every experiment.")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "latex", "json"]), default="table", show_default=True, help="table: rich tables in the terminal; json: {experiment, tables: [{name, index, columns, data}]}.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Also write each table (in --format) and a PNG figure of it under DIR/<experiment>/.")
-def report_cmd(results, experiment, fmt, out_dir):
+@click.option("--allow-missing", is_flag=True, help="Exit 0 even when some stage records cannot be read or verified (they are still listed under the tables).")
+def report_cmd(results, experiment, fmt, out_dir, allow_missing):
     """Rebuild the tables (and figures) of finished stages under --results.
 
     Each experiment's tables come from its recipe's [report] section; an experiment
@@ -126,7 +135,7 @@ def report_cmd(results, experiment, fmt, out_dir):
         _fail(f"{results}: no finished stages for experiment {experiment!r} (experiments: {hint})")
     if not names:
         _fail(f"{results}: no results yet; run a recipe first, e.g. `vitrun recipe quickstart`")
-    _print_report(store, names, fmt, out_dir, _console())
+    _print_report(store, names, fmt, out_dir, _console(), allow_missing)
 
 
 @main.command("ls")
@@ -344,12 +353,12 @@ def _plan_table(experiment: str, stages, store, swept=()):
         columns.insert(2, ("variant", "left"))
     for name, justify in columns:
         table.add_column(name, justify=justify, style="dim" if name == "key" else None)
-    colours = {"done": "green", "partial": "yellow", "todo": "white"}
+    colours = {"done": "green", "diverged": "red", "failed": "red", "broken": "red", "partial": "yellow", "todo": "white"}
     total = 0.0
     for stage in stages:
         status = store.stage(experiment, stage.key).status()
         flops = training_flops(stage)
-        total += flops if status != "done" else 0.0
+        total += flops if status not in ("done", "diverged") else 0.0
         cells = [stage.kind, stage.model, stage.detail, stage.size_label, f"[{colours[status]}]{status}[/]", f"{flops:.2e}" if flops else "–", stage.key]
         if swept:
             cells.insert(2, stage.variant(swept))
@@ -358,13 +367,14 @@ def _plan_table(experiment: str, stages, store, swept=()):
     return table
 
 
-def _print_report(store, experiments, fmt, out_dir, console) -> None:
+def _print_report(store, experiments, fmt, out_dir, console, allow_missing: bool = False) -> None:
     import json
 
     from vitrun import report
     from vitrun.schema import TableSpec
 
     documents = []
+    problems = [p for name in experiments for p in store.scan(name).problems]
     for name in experiments:
         frame = report.load_frame(store, name)
         saved = store.recipe(name) or {}
@@ -384,6 +394,22 @@ def _print_report(store, experiments, fmt, out_dir, console) -> None:
             _write_outputs(Path(out_dir) / name, tables, fmt, documents[-1])
     if fmt == "json":
         click.echo(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
+    _report_problems(problems, allow_missing)
+
+
+def _report_problems(problems, allow_missing: bool) -> None:
+    """Stages whose record cannot be trusted are left out of the tables: say which, one line
+    each (stderr: stdout may carry --format json), and exit 1 unless --allow-missing."""
+    if not problems:
+        return
+    err = _console(stderr=True)
+    err.print(f"[bold yellow]{len(problems)} stage records missing from the tables[/bold yellow] (a run of the recipe re-runs these stages):", soft_wrap=True)
+    from rich.markup import escape
+
+    for problem in problems:
+        err.print(f"  {escape(str(problem))}", soft_wrap=True)
+    if not allow_missing:
+        _fail("the tables above lack these stages; re-run the recipe, or pass --allow-missing to accept them as they are", EXIT_FAILED)
 
 
 def _write_outputs(folder: Path, tables, fmt, document) -> None:

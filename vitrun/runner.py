@@ -1,30 +1,46 @@
-"""Run a plan: skip finished stages, lock, run, record, show progress."""
+"""Run a plan: skip finished stages, lock, run, record (done, diverged or failed), show progress."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import os
 import platform
+import traceback
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vitrun import __version__
 from vitrun.plan import Stage
 from vitrun.recipe import LoadedRecipe
-from vitrun.store import Store
+from vitrun.store import FINISHED, BrokenRecord, StageDir, Store, write_atomic
 
 
-class StageFailed(Exception):
-    """A stage raised; its message names the stage and what to do."""
+class ResultsUnwritable(Exception):
+    """The results directory cannot take a write (read-only, full, a path under a file);
+    str() is one line naming the path and what to do."""
 
 
 @dataclass
 class RunSummary:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # key -> one line with the error.log path
+    diverged: dict[str, str] = field(default_factory=dict)  # key -> step and loss
+    blocked: dict[str, str] = field(default_factory=dict)  # key -> the parent that is not done
+    stopped_early: bool = False  # --fail-fast
+
+    @property
+    def complete(self) -> bool:
+        """Every planned stage is done: the exit status is 0 only then."""
+        return not (self.failed or self.diverged or self.blocked or self.stopped_early)
 
 
 def describe(stage: Stage, swept: Iterable[str] = ()) -> str:
@@ -33,24 +49,75 @@ def describe(stage: Stage, swept: Iterable[str] = ()) -> str:
     return f"{stage.kind:<12} {stage.model} · {stage.detail} · {upstream}" + (f" · {variant}" if variant else "")
 
 
-def run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: Console, cache_dir: str | None = None) -> RunSummary:
+def run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: Console, cache_dir: str | None = None, fail_fast: bool = False) -> RunSummary:
+    """Run every stage not yet finished. A stage that raises is recorded as `failed` (its
+    traceback in its error.log) and the run goes on with every stage whose parents are done;
+    `fail_fast` stops at the first failure instead. Resource errors (read-only or full disk)
+    raise ResultsUnwritable at once: nothing after them could be written either."""
+    try:
+        return _run_plan(loaded, stages, store, console, cache_dir, fail_fast)
+    except OSError as err:
+        if results_error(err, store.root):
+            raise ResultsUnwritable(unwritable_message(err, store.root)) from None
+        raise
+
+
+# errno values that mean "this results directory cannot take the write", not a bug
+RESOURCE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST}
+
+
+def results_error(err: OSError, root: Path) -> bool:
+    """The error is the results directory refusing a write (not, say, an unreadable data file)."""
+    if err.errno not in RESOURCE_ERRORS:
+        return False
+    if err.errno in (errno.ENOSPC, errno.EDQUOT) or not err.filename:
+        return True
+    try:
+        Path(os.path.abspath(err.filename)).relative_to(os.path.abspath(root))
+    except ValueError:
+        return False
+    return True
+
+
+def unwritable_message(err: OSError, root: Path) -> str:
+    path = err.filename or root
+    advice = {
+        errno.ENOSPC: "the disk is full; free space there or choose another --results",
+        errno.EDQUOT: "the disk quota is exhausted; free space there or choose another --results",
+        errno.EROFS: "the file system is read-only; choose a writable --results",
+        errno.EACCES: "permission denied; choose a --results you can write to",
+        errno.EPERM: "permission denied; choose a --results you can write to",
+        errno.ENOTDIR: "a part of the path is a file, not a folder; choose another --results",
+        errno.EEXIST: "a part of the path is a file, not a folder; choose another --results",
+    }[err.errno]
+    return f"{path}: cannot write ({err.strerror}): {advice}; finished stages are kept, run the same command again to resume"
+
+
+def _run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: Console, cache_dir: str | None, fail_fast: bool) -> RunSummary:
     experiment = loaded.name
     swept = loaded.swept_keys()
     summary = RunSummary()
+    if not stages:
+        return summary  # nothing to run: nothing is written
+    status = {stage.key: store.stage(experiment, stage.key).status() for stage in stages}
+    _recheck_parent_weights(stages, status, store, experiment, console)
     todo = []
     for stage in stages:
-        if store.stage(experiment, stage.key).status() == "done":
+        if status[stage.key] in FINISHED:
             summary.skipped.append(stage.key)
+            if status[stage.key] == "diverged":
+                summary.diverged[stage.key] = _divergence(store.stage(experiment, stage.key))
         else:
             todo.append(stage)
     if summary.skipped:
-        console.print(f"[dim]{len(summary.skipped)} of {len(stages)} stages already done (skipped): results in {store.root / experiment}[/dim]", soft_wrap=True)
+        console.print(f"[dim]{len(summary.skipped)} of {len(stages)} stages already finished (skipped): results in {store.root / experiment}[/dim]", soft_wrap=True)
     store.write_recipe(experiment, _recipe_record(loaded))
     if not todo:
         return summary
 
     import torch  # heavy: only when there is work to do
 
+    from vitrun.engine import Diverged, Interrupted
     from vitrun.engine.device import place
     from vitrun.stages import Context, run_stage, training_flops
 
@@ -65,40 +132,128 @@ def run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: C
         def on_step(step: int, loss: float) -> None:
             progress.update(steps, completed=step)
 
-        ctx = Context(store=store, experiment=experiment, placement=placement, run=run, cache_dir=cache_dir, on_step=on_step)
+        def notice(message: str) -> None:
+            console.print(f"[yellow]note:[/yellow] {escape(message)}", soft_wrap=True)
+
+        ctx = Context(store=store, experiment=experiment, placement=placement, run=run, cache_dir=cache_dir, on_step=on_step, on_notice=notice)
         for stage in todo:
+            progress.advance(overall)
             sd = store.stage(experiment, stage.key)
+            blocker = next((key for key in stage.parents if store.stage(experiment, key).status() != "done"), None)
+            if blocker:
+                summary.blocked[stage.key] = blocker
+                console.print(f"[yellow]–[/yellow] {describe(stage, swept)}  skipped: parent {blocker} is {store.stage(experiment, blocker).status()}", soft_wrap=True)
+                continue
             total = _steps(stage)
             progress.update(steps, description=f"  {stage.kind} {stage.model} · {stage.detail}", total=total or 1, completed=0, visible=bool(total))
-            with sd.lock(on_wait=lambda: console.print(f"[yellow]waiting[/yellow] for another runner on {stage.key}")):
-                if sd.status() == "done":  # another runner finished it while we waited
+            with sd.lock(on_wait=lambda who: console.print(f"[yellow]waiting[/yellow] for {who}, which holds {sd.path / '.lock'}", soft_wrap=True)):
+                now = sd.status()
+                if now in FINISHED:  # another runner finished it while we waited
                     summary.skipped.append(stage.key)
-                    progress.advance(overall)
                     continue
+                _prepare(sd, now, notice)
                 started = time.perf_counter()
                 try:
                     metrics = run_stage(stage, ctx)
-                except (FloatingPointError, ValueError, RuntimeError) as err:
-                    raise StageFailed(f"stage {stage.key} ({describe(stage, swept)}) failed: {err}") from err
+                except Diverged as err:
+                    wall = time.perf_counter() - started
+                    sd.finish(_stage_record(stage, experiment, "diverged", {"accuracy": None, "diverged_at_step": err.step, "loss": str(err.loss)}, wall, 0.0, placement.describe(), torch.__version__))
+                    summary.diverged[stage.key] = _divergence(sd)
+                    console.print(f"[red]✗[/red] {describe(stage, swept)}  diverged: {escape(str(err))}", soft_wrap=True)
+                    if fail_fast:
+                        summary.stopped_early = True
+                        break
+                    continue
+                except (Interrupted, KeyboardInterrupt):
+                    raise
+                except Exception as err:  # a bug or bad data: contained to this stage and its children
+                    if isinstance(err, OSError) and results_error(err, store.root):
+                        raise
+                    _record_failure(stage, sd, experiment, err, time.perf_counter() - started, placement.describe(), summary, console, swept)
+                    if fail_fast:
+                        summary.stopped_early = True
+                        break
+                    continue
                 wall = time.perf_counter() - started
-                sd.finish(_stage_record(stage, experiment, metrics, wall, training_flops(stage), placement.describe(), torch.__version__))
+                sd.finish(_stage_record(stage, experiment, "done", metrics, wall, training_flops(stage), placement.describe(), torch.__version__))
+                with contextlib.suppress(FileNotFoundError):
+                    sd.error_file.unlink()  # a retried stage that now succeeds
             summary.ran.append(stage.key)
-            progress.advance(overall)
             accuracy = "–" if metrics["accuracy"] is None else f"{metrics['accuracy']:.1%}"
             console.print(f"[green]✓[/green] {describe(stage, swept)}  accuracy {accuracy}  [dim]{wall:.1f}s[/dim]", soft_wrap=True)
     return summary
+
+
+def _prepare(sd: StageDir, status: str, notice) -> None:
+    """Before a stage is (re)run under its lock: set aside a broken record, drop temp files of
+    killed writers."""
+    if status == "broken":
+        try:
+            sd.read()
+        except BrokenRecord as err:
+            moved = sd.set_aside(sd.stage_file)
+            notice(f"{err}; set aside as {moved.name}, the stage re-runs")
+    for path in sd.clean():
+        notice(f"removed {path}, left by a killed run")
+
+
+def _recheck_parent_weights(stages: list[Stage], status: dict[str, str], store: Store, experiment: str, console: Console) -> None:
+    """A finished stage whose weights a stage to run will load: check the weights against the
+    record now (one streamed read); if they fail, set the record aside so the stage re-runs
+    first (stages come parents first)."""
+    needed = {parent for stage in stages if status[stage.key] not in FINISHED for parent in stage.parents[:1]}
+    for stage in stages:
+        if stage.key not in needed or status[stage.key] != "done":
+            continue
+        sd = store.stage(experiment, stage.key)
+        try:
+            sd.verified_weights()
+        except BrokenRecord as err:
+            moved = sd.set_aside(sd.stage_file, "bad-weights")
+            console.print(f"[yellow]note:[/yellow] {escape(str(err))}; record set aside as {moved.name}, the stage re-runs", soft_wrap=True)
+            status[stage.key] = "todo"
+
+
+def _record_failure(stage: Stage, sd: StageDir, experiment: str, err: BaseException, wall: float, device: str, summary: RunSummary, console: Console, swept) -> None:
+    """Keep the whole traceback in the stage's error.log; the record and console get one line."""
+    import torch
+
+    write_atomic(sd.error_file, traceback.format_exc().encode())
+    line = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}".rstrip(": ")
+    sd.finish(_stage_record(stage, experiment, "failed", {"accuracy": None}, wall, 0.0, device, torch.__version__, error=line))
+    summary.failed[stage.key] = f"{line} (traceback: {sd.error_file})"
+    console.print(f"[red]✗[/red] {describe(stage, swept)}  failed: {escape(line)}; traceback in {sd.error_file}", soft_wrap=True)
+
+
+def _divergence(sd: StageDir) -> str:
+    metrics = sd.read().get("metrics", {})
+    return f"loss {metrics.get('loss')} at step {metrics.get('diverged_at_step')}"
+
+
+def print_summary(summary: RunSummary, console: Console) -> None:
+    """What did not finish, one line each, after the report."""
+    lines = [f"failed     {key}: {why}" for key, why in summary.failed.items()]
+    lines += [f"diverged   {key}: {why} (kept: a re-run diverges again; lower the learning rate or set grad_clip)" for key, why in summary.diverged.items()]
+    lines += [f"skipped    {key}: parent {parent} is not done" for key, parent in summary.blocked.items()]
+    if summary.stopped_early:
+        lines.append("stopped at the first failure (--fail-fast); run again to go on")
+    if lines:
+        console.print(f"[bold red]{len(summary.failed)} failed, {len(summary.diverged)} diverged, {len(summary.blocked)} skipped[/bold red]; run the same command again to retry failed stages", soft_wrap=True)
+        for line in lines:
+            console.print("  " + escape(line), soft_wrap=True)
 
 
 def _steps(stage: Stage) -> int:
     return int(stage.training["steps"]) if stage.training else 0
 
 
-def _stage_record(stage: Stage, experiment: str, metrics: dict[str, Any], wall: float, flops: float, device: str, torch_version: str) -> dict[str, Any]:
+def _stage_record(stage: Stage, experiment: str, status: str, metrics: dict[str, Any], wall: float, flops: float, device: str, torch_version: str, error: str | None = None) -> dict[str, Any]:
     return {
+        **({"error": error} if error else {}),
         "key": stage.key,
         "kind": stage.kind,
         "experiment": experiment,
-        "status": "done",
+        "status": status,
         "config": stage.config,
         "parents": list(stage.parents),
         "metrics": metrics,

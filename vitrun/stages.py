@@ -36,6 +36,7 @@ class Context:
     run: RunConfig
     cache_dir: str | None = None
     on_step: Callable[[int, float], None] | None = None
+    on_notice: Callable[[str], None] | None = None  # one-line reports, e.g. a checkpoint set aside
     _datasets: dict[tuple, data.Dataset] = field(default_factory=dict)
 
     def dataset(self, section: dict[str, Any], image_size: int, classes: int | None = None, per_class: int | None = None) -> data.Dataset:
@@ -251,7 +252,7 @@ def _pretrained(stage: Stage, ctx: Context) -> nn.Module:
     """The parent pre-training's model with its final weights (pre-training head included)."""
     cfg, p = stage.config, stage.config["pretrain"]
     parent = ctx.stage_dir(stage.parents[0])
-    weights = checkpoint.load_weights(parent.weights_file)
+    weights = checkpoint.load_weights(parent.verified_weights())  # never weights that changed on disk
     num_classes = parent.read()["metrics"]["num_classes"]
     model = models.build(_spec(cfg), num_classes, p["image_size"])
     model.load_state_dict(weights)
@@ -289,7 +290,7 @@ def _train(stage, ctx, model, optimizer, batch_at, objective, section: dict) -> 
         log_every=ctx.run.log_every,
         checkpoint_seconds=ctx.run.checkpoint_seconds,
     )
-    return train(model, optimizer, batch_at, objective, settings, ctx.placement, ctx.stage_dir(stage.key), stage.config["seed"], ctx.on_step)
+    return train(model, optimizer, batch_at, objective, settings, ctx.placement, ctx.stage_dir(stage.key), stage.config["seed"], ctx.on_step, ctx.on_notice)
 
 
 def _sigmoid_xent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,51 +1,100 @@
-"""Stage directories under `results/<experiment>/<stage-key>/`.
+"""Stage directories under `results/<experiment>/<stage-key>/`, and the integrity of their records.
 
-`stage.json` is written last and atomically (temp file, fsync, rename): a directory
-without it is unfinished and resumes from its checkpoint. A lock file per stage lets
-several runners (shards, nodes) share one results directory.
+`stage.json` is written last and atomically: a directory without it is unfinished and resumes
+from its checkpoint. The record carries the sha256 of its own canonical content (`checksum`)
+and of the stage's weights (`files`), so a stage counts as done only when its record parses
+and verifies, and a child never loads weights that changed on disk.
+
+Record format 2 (`"format": 2`): records without a checksum (format 1, vitrun before the
+integrity work) count as broken and their stages re-run; vitrun 0.1.0 keeps no compatibility
+shims.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import datetime as dt
+import hashlib
 import json
+import math
 import os
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from vitrun import lock
+from vitrun.durable import remove_orphaned_temps, sha256_file, write_atomic, write_stream_atomic
+
+__all__ = ["Store", "StageDir", "BrokenRecord", "Problem", "write_atomic", "write_stream_atomic", "write_json_atomic"]
 
 STAGE_FILE = "stage.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "weights.pt"
+ERROR_FILE = "error.log"
+LOCK_FILE = ".lock"
 RECIPE_FILE = "recipe.json"
+RECORD_FORMAT = 2
+# A record's outcome; only "done" lets children run. "diverged" is a result (the loss went
+# non-finite: deterministic, kept); "failed" (the stage raised) is retried by the next run.
+FINISHED = ("done", "diverged")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` so that readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+class BrokenRecord(Exception):
+    """A stage.json that cannot be trusted; str() is one line naming the file and why."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A stage whose record is missing from a report: its file and why."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    """The bytes a record's checksum covers: every key but `checksum`, sorted, compact."""
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def seal(record: dict[str, Any]) -> dict[str, Any]:
+    body = {**record, "format": RECORD_FORMAT}
+    return {**body, "checksum": hashlib.sha256(canonical(body)).hexdigest()}
+
+
+def parse_record(path: Path) -> dict[str, Any]:
+    """The verified record at `path`; raises BrokenRecord (one line) for anything else."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise BrokenRecord(path, f"cannot read it ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise BrokenRecord(path, "not UTF-8 text (damaged)") from None
+    if not text.strip():
+        raise BrokenRecord(path, "empty (a write was cut short)")
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BrokenRecord(path, f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno}; truncated or damaged)") from None
+    if not isinstance(record, dict):
+        raise BrokenRecord(path, "not a stage record (expected a JSON object)")
+    if record.get("format") != RECORD_FORMAT or "checksum" not in record:
+        raise BrokenRecord(path, f"record format {record.get('format', 1)!r} without a valid checksum (vitrun wants format {RECORD_FORMAT}); the stage will re-run")
+    if hashlib.sha256(canonical(record)).hexdigest() != record["checksum"]:
+        raise BrokenRecord(path, "checksum mismatch (the file was changed or damaged after it was written)")
+    return record
 
 
 @dataclass(frozen=True)
@@ -68,38 +117,74 @@ class StageDir:
     def weights_file(self) -> Path:
         return self.path / WEIGHTS_FILE
 
+    @property
+    def error_file(self) -> Path:
+        return self.path / ERROR_FILE
+
     def status(self) -> str:
-        """'done' (stage.json present), 'partial' (started), or 'todo'."""
-        if self.stage_file.is_file():
-            return "done"
+        """The stage's state: its record's status ('done', 'diverged', 'failed') when the record
+        verifies; 'broken' when a record is there but cannot be trusted; else 'partial' (started)
+        or 'todo'. Only 'done' lets child stages run."""
+        if self.stage_file.exists():
+            try:
+                return str(self.read().get("status", "done"))
+            except BrokenRecord:
+                return "broken"
         if self.checkpoint_file.is_file() or self.metrics_file.is_file():
             return "partial"
         return "todo"
 
     def read(self) -> dict[str, Any]:
-        return json.loads(self.stage_file.read_text())
+        """The verified record; raises BrokenRecord naming the file and the reason."""
+        return parse_record(self.stage_file)
 
     def finish(self, record: dict[str, Any]) -> None:
-        """Mark the stage done; the checkpoint is no longer needed once weights are final."""
-        write_json_atomic(self.stage_file, record)
+        """Seal and write the record (with the weights' sha256 when the stage wrote weights);
+        the checkpoint is no longer needed once the stage has ended."""
+        files = {}
+        if self.weights_file.is_file():
+            files[WEIGHTS_FILE] = {"sha256": sha256_file(self.weights_file), "bytes": self.weights_file.stat().st_size}
+        write_json_atomic(self.stage_file, seal({**record, "files": files}))
         with contextlib.suppress(FileNotFoundError):
             self.checkpoint_file.unlink()
 
+    def verified_weights(self) -> Path:
+        """The weights file, after checking it against the record; raises BrokenRecord otherwise."""
+        expected = self.read().get("files", {}).get(WEIGHTS_FILE)
+        if not expected:
+            raise BrokenRecord(self.stage_file, f"records no {WEIGHTS_FILE} (the stage wrote no weights)")
+        if not self.weights_file.is_file():
+            raise BrokenRecord(self.weights_file, "missing")
+        if sha256_file(self.weights_file) != expected["sha256"]:
+            raise BrokenRecord(self.weights_file, "fails its sha256 checksum (changed or damaged since the stage finished)")
+        return self.weights_file
+
+    def set_aside(self, file: Path, why: str = "broken") -> Path:
+        """Rename a file that cannot be used to `<name>.<why>-<UTC time>`: kept for inspection,
+        out of the way of the re-run."""
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        target = file.with_name(f"{file.name}.{why}-{stamp}")
+        os.replace(file, target)
+        return target
+
+    def clean(self) -> list[Path]:
+        """Remove temp files of dead writers (a killed run's half-written checkpoint)."""
+        return remove_orphaned_temps(self.path)
+
     @contextlib.contextmanager
-    def lock(self, on_wait=None) -> Iterator[None]:
-        """Hold this stage's lock; another runner on the same stage waits, then finds it done."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "w") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait:
-                    on_wait()
-                fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    def lock(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold this stage's lock; another runner on the same stage waits (told who holds it),
+        then finds it done."""
+        with lock.hold(self.path / LOCK_FILE, on_wait):
+            yield
+
+
+@dataclass
+class Scan:
+    """What a results directory holds for a report: trusted records, and what is missing."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
 
 
 class Store:
@@ -112,23 +197,44 @@ class Store:
         return StageDir(self.root / experiment / key)
 
     def write_recipe(self, experiment: str, record: dict[str, Any]) -> None:
-        """Keep the resolved recipe beside its results, so `vitrun report` knows its tables."""
-        write_json_atomic(self.root / experiment / RECIPE_FILE, record)
+        """Keep the resolved recipe beside its results, so `vitrun report` knows its tables
+        (rewritten only when it changed: a run with nothing new writes nothing)."""
+        path = self.root / experiment / RECIPE_FILE
+        if self.recipe(experiment) != record:
+            write_json_atomic(path, record)
 
     def recipe(self, experiment: str) -> dict[str, Any] | None:
+        """The saved recipe, or None when absent or unreadable (the report then uses defaults)."""
         path = self.root / experiment / RECIPE_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
+        try:
+            record = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return record if isinstance(record, dict) else None
 
     def experiments(self) -> list[str]:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob(f"*/{STAGE_FILE}")))
 
-    def records(self, experiment: str | None = None) -> Iterator[dict[str, Any]]:
-        """Every finished stage's record (unreadable ones skipped: a report never crashes on one)."""
+    def scan(self, experiment: str | None = None) -> Scan:
+        """Every verified record (any status), and a Problem for each stage.json that does not verify."""
+        out = Scan()
         for name in [experiment] if experiment else self.experiments():
             for path in sorted((self.root / name).glob(f"*/{STAGE_FILE}")):
                 try:
-                    yield json.loads(path.read_text())
-                except (OSError, json.JSONDecodeError):
-                    continue
+                    out.records.append(parse_record(path))
+                except BrokenRecord as err:
+                    out.problems.append(Problem(err.path, err.reason))
+        return out
+
+    def records(self, experiment: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every verified record; see `scan` for the ones that do not verify."""
+        yield from self.scan(experiment).records
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN or infinity: store them as null (a diverged loss is recorded as text)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,51 +1,85 @@
 """Checkpoints and final weights: plain tensors and numbers, loaded with `weights_only=True`,
-so a checkpoint can never execute code."""
+so a checkpoint can never execute code. Both are streamed to disk through a hash (weights can
+be gigabytes) and written atomically."""
 
 from __future__ import annotations
 
-import io
+import pickle
+import zipfile
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from vitrun.store import write_atomic
+from vitrun.durable import write_stream_atomic
+
+# What a damaged file makes torch.load raise: a truncated zip, a torn pickle, a short read.
+UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile)
 
 
-def save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+def save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, loop: dict[str, Any] | None = None) -> None:
+    """`loop`: the training loop's own running values (partial loss sums), so a resumed run logs
+    exactly what an uninterrupted one logs."""
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "step": step,
         "rng": torch.get_rng_state(),
+        "loop": dict(loop or {}),
     }
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
-    _write(path, state)
+    write_stream_atomic(path, lambda f: torch.save(state, f))
 
 
-def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Load a checkpoint into `model` and `optimizer`; returns the step to continue from (0 if none)."""
+def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, on_notice: Callable[[str], None] | None = None) -> tuple[int, dict[str, Any]]:
+    """Load a checkpoint into `model` and `optimizer`: (step to continue from, loop values).
+
+    No checkpoint: (0, {}). A checkpoint that cannot be read, or that does not fit this model,
+    is renamed to `checkpoint.pt.unreadable-<time>` (kept for inspection), reported through
+    `on_notice`, and the stage starts over: nothing is loaded from it.
+    """
     if not path.is_file():
-        return 0
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        return 0, {}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        _check_fits(state, model)
+        optimizer.load_state_dict(state["optimizer"])
+    except UNREADABLE as err:
+        from vitrun.store import StageDir
+
+        moved = StageDir(path.parent).set_aside(path, "unreadable")
+        if on_notice:
+            on_notice(f"{path}: unreadable checkpoint ({_first_line(err)}); set aside as {moved.name}, the stage starts over")
+        return 0, {}
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return int(state["step"])
+    return int(state["step"]), dict(state.get("loop", {}))
 
 
-def save_weights(path: Path, model: nn.Module) -> None:
-    _write(path, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+def _check_fits(state: Any, model: nn.Module) -> None:
+    """Raise before anything is loaded, so a bad checkpoint never leaves a half-loaded model."""
+    if not isinstance(state, dict) or not {"model", "optimizer", "step", "rng"} <= set(state):
+        raise ValueError("not a vitrun checkpoint (keys missing)")
+    ours = model.state_dict()
+    theirs = state["model"]
+    if set(ours) != set(theirs) or any(ours[k].shape != theirs[k].shape for k in ours):
+        raise ValueError("its tensors do not match this stage's model")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def save_weights(path: Path, model: nn.Module) -> str:
+    """Write the final weights; returns their sha256."""
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return write_stream_atomic(path, lambda f: torch.save(weights, f))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _write(path: Path, obj) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_atomic(path, buffer.getvalue())

@@ -16,10 +16,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vitrun.engine import Interrupted, checkpoint
+from vitrun.engine import Diverged, Interrupted, checkpoint
 from vitrun.engine.device import Placement
 from vitrun.engine.schedules import warmup_then_decay
-from vitrun.store import StageDir
+from vitrun.store import StageDir, write_atomic
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -64,28 +64,39 @@ def train(
     stage_dir: StageDir,
     seed: int,
     on_step: Callable[[int, float], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Train `model` in place for `settings.steps` steps; returns summary metrics.
 
     objective(model, images, labels) -> scalar loss: `supervised(loss_fn)` for classification;
     masked-patch pre-training passes its corruption plan in the labels' place.
+    Raises `Diverged` when the loss goes non-finite, `Interrupted` after SIGTERM / SIGINT (the
+    step under way is finished and checkpointed first, so a resumed run is bit-identical).
     """
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     # Where training starts:
     # 1. this stage's own checkpoint, if a killed run left one (resume, nothing lost);
+    #    an unreadable one is set aside and reported (then as 2);
     # 2. otherwise the weights already in `model` (the caller's init: parent stage or scratch).
-    start = checkpoint.restore(stage_dir.checkpoint_file, model, optimizer)
+    start, kept = checkpoint.restore(stage_dir.checkpoint_file, model, optimizer, on_notice)
     if start == 0:
         torch.manual_seed(seed)
     _truncate_log(stage_dir, start)
     step_fn = torch.compile(model) if placement.compile else model
     model.train()
     last_save = time.monotonic()
-    loss_sum, loss_count, last_loss = 0.0, 0, float("nan")
-    with _stop_on_sigterm():
-        step = start
+    # The running loss of the current log window travels in the checkpoint: a resumed run logs
+    # the same averages as an uninterrupted one.
+    loss_sum, loss_count, last_loss = kept.get("loss_sum", 0.0), kept.get("loss_count", 0), kept.get("last_loss", float("nan"))
+
+    def save(at: int) -> None:
+        checkpoint.save(stage_dir.checkpoint_file, model, optimizer, at, {"loss_sum": loss_sum, "loss_count": loss_count, "last_loss": last_loss})
+
+    step, at_boundary = start, True
+    with _StopRequests() as stop:
         try:
             while step < settings.steps:
+                at_boundary = False  # from here until `step += 1` the weights are between steps
                 scale = warmup_then_decay(step, settings.steps, settings.warmup_steps, settings.schedule)
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * scale
@@ -95,12 +106,13 @@ def train(
                 with placement.autocast():
                     loss = objective(step_fn, images, labels)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate or set grad_clip")
+                    raise Diverged(step, loss.item())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip or math.inf)
                 optimizer.step()
                 step += 1
+                at_boundary = True
                 last_loss = loss.item()
                 loss_sum, loss_count = loss_sum + last_loss, loss_count + 1
                 if step % settings.log_every == 0 or step == settings.steps:
@@ -108,12 +120,16 @@ def train(
                     loss_sum, loss_count = 0.0, 0
                 if on_step:
                     on_step(step, last_loss)
+                if stop.requested:
+                    raise Interrupted(stop.requested)
                 if time.monotonic() - last_save > settings.checkpoint_seconds and step < settings.steps:
-                    checkpoint.save(stage_dir.checkpoint_file, model, optimizer, step)
+                    save(step)
                     last_save = time.monotonic()
         except (KeyboardInterrupt, Interrupted):
-            if step > start:
-                checkpoint.save(stage_dir.checkpoint_file, model, optimizer, step)
+            # Only at a step boundary does the model match `step`; an exception raised inside a
+            # step leaves the last checkpoint as it is (resuming from it stays exact).
+            if step > start and at_boundary:
+                save(step)
             raise Interrupted(f"stopped at step {step} of {settings.steps}; run the same command again to resume") from None
     for group, base in zip(optimizer.param_groups, base_lrs):
         group["lr"] = base  # leave the optimizer as configured
@@ -126,28 +142,45 @@ def _log(stage_dir: StageDir, row: dict) -> None:
 
 
 def _truncate_log(stage_dir: StageDir, step: int) -> None:
-    """Drop log lines past the checkpoint we resume from: they will be logged again."""
+    """Drop log lines past the checkpoint we resume from (they will be logged again), and a
+    torn last line (a full disk or a kill mid-write): it holds nothing a resume needs."""
     path = stage_dir.metrics_file
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            kept.append(line)
+    write_atomic(path, "".join(line + "\n" for line in kept).encode())
 
 
-class _stop_on_sigterm:
-    """Turn SIGTERM (a scheduler's kill) into `Interrupted`, so the loop checkpoints first."""
+class _StopRequests:
+    """SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C) only set a flag while training:
+    the loop finishes the step under way, checkpoints it and stops. Raising inside the step
+    (even inside `optimizer.step()`) would save half-updated weights under the old step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __enter__(self):
+        self.requested = ""
+        self.previous = {}
+
         def handler(signum, frame):
-            raise Interrupted("SIGTERM")
+            self.requested = signal.Signals(signum).name
 
         try:
-            self.previous = signal.signal(signal.SIGTERM, handler)
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, handler)
         except ValueError:  # not the main thread: leave signals alone
-            self.previous = None
+            self.__exit__()
         return self
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+        self.previous = {}
         return False
