@@ -110,7 +110,7 @@ def _run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: 
         else:
             todo.append(stage)
     if summary.skipped:
-        console.print(f"[dim]{len(summary.skipped)} of {len(stages)} stages already finished (skipped): results in {store.root / experiment}[/dim]", soft_wrap=True)
+        console.print(f"[dim]{len(summary.skipped)} of {len(stages)} stages already done (skipped): results in {store.root / experiment}[/dim]", soft_wrap=True)
     store.write_recipe(experiment, _recipe_record(loaded))
     if not todo:
         return summary

@@ -7,16 +7,34 @@ types are rejected; nothing here imports torch, so `vitrun validate` stays fast.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_serializer, model_validator
 
 from vitrun.models import registry as model_registry
 
 
 class Section(BaseModel):
     # strict: TOML already gives types, so "100" for an int is a user mistake worth reporting.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # TOML reads `inf` and `nan` as numbers: no setting means either (allow_inf_nan=False).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# Upper bounds: far above any run of the paper, low enough that a typo (an extra digit, 2^63)
+# is refused before anything runs instead of failing after hours of pre-training.
+MAX_STEPS = 10**8
+MAX_BATCH = 2**20
+MAX_IMAGE_SIZE = 8192
+MAX_CLASSES = 10**6
+MAX_IMAGES = 10**10
+Steps = Annotated[int, Field(ge=0, le=MAX_STEPS)]
+PositiveSteps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+Batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+ImageSize = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIZE)]
+Classes = Annotated[int, Field(ge=1, le=MAX_CLASSES)]
+Images = Annotated[int, Field(ge=1, le=MAX_IMAGES)]
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 
 class ModelConfig(BaseModel):
@@ -25,7 +43,7 @@ class ModelConfig(BaseModel):
     Options are checked by the model registry, so every option it knows is valid here.
     """
 
-    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True, allow_inf_nan=False)
     name: str
     # Start from pre-trained weights: "timm:NAME" (timm's weights, from the Hugging Face hub or
     # its cache) or "npz:PATH" (an official Google checkpoint; a relative path is relative to
@@ -71,7 +89,7 @@ class DataFields(Section):
     """
 
     data: str
-    classes: Optional[PositiveInt] = Field(None, description="classes to generate (generators); else the first N classes")
+    classes: Optional[Classes] = Field(None, description="classes to generate (generators); else the first N classes")
     config: Optional[str] = Field(None, description="hf: dataset configuration (or hf:ID:CONFIG)")
     train_split: Optional[str] = Field(None, description='split (or subfolder) to train on; default "train"')
     test_split: Optional[str] = Field(None, description='split to test on; default "test", else "validation"')
@@ -100,16 +118,16 @@ class PretrainConfig(DataFields):
     """`[pretrain]`: upstream training (Adam, warm-up, linear decay; paper Table 3)."""
 
     data: str = "fractal"
-    size: Optional[PositiveInt] = Field(None, description="class-balanced subset of N training images")
-    image_size: PositiveInt = 224
+    size: Optional[Images] = Field(None, description="class-balanced subset of N training images")
+    image_size: ImageSize = 224
     # 0: no pre-training; the initial weights (`model.init`, else a seeded random
     # initialisation) go to the transfer stages as they are.
-    steps: NonNegativeInt
-    batch_size: PositiveInt = 4096
+    steps: Steps
+    batch_size: Batch = 4096
     lr: PositiveFloat = 1e-3
     weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = Field(10_000, ge=0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    warmup_steps: Steps = 10_000
     schedule: Literal["linear", "cosine"] = "linear"
     grad_clip: Optional[PositiveFloat] = None
     # "supervised": classify the pre-training labels. "masked-patch": the paper's self-supervision
@@ -142,15 +160,15 @@ def _one_or_distinct(value: Union[float, list[float]]) -> Union[float, list[floa
 class FinetuneConfig(Section):
     """`[finetune]`: transfer by fine-tuning (SGD momentum 0.9, cosine, clip 1; App. B.1.1)."""
 
-    steps: PositiveInt
-    batch_size: PositiveInt = 512
+    steps: PositiveSteps
+    batch_size: Batch = 512
     # One rate, or a list scored on the dev split (a held-out `dev_fraction` of the training
     # split, App. B.1.1): the best is retrained on the whole training split and tested.
     lr: Union[PositiveFloat, list[PositiveFloat]] = Field(default_factory=lambda: list(LEARNING_RATES))
     momentum: float = Field(0.9, ge=0, lt=1)
-    warmup_steps: int = Field(500, ge=0)
+    warmup_steps: Steps = 500
     grad_clip: Optional[PositiveFloat] = 1.0
-    image_size: Optional[PositiveInt] = Field(None, description="default: the pre-training resolution")
+    image_size: Optional[ImageSize] = Field(None, description="default: the pre-training resolution")
     # How position embeddings follow a new resolution: bilinear as the official code
     # (scipy zoom, corners to corners), or bicubic.
     pos_embed_resample: Literal["bilinear", "bicubic"] = "bilinear"
@@ -161,11 +179,11 @@ class FinetuneConfig(Section):
 class FewshotConfig(Section):
     """`[fewshot]`: closed-form linear regression onto {-1, 1}^K on frozen features."""
 
-    shots: list[PositiveInt] = Field(default_factory=lambda: [1, 5, 10, 25], min_length=1)
+    shots: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(default_factory=lambda: [1, 5, 10, 25], min_length=1, max_length=100)
     # big_vision's fixed regulariser; a list is scored on the dev split (shots drawn from the
     # rest of the training split) and the best is used on the test split.
     l2_reg: Union[PositiveFloat, list[PositiveFloat]] = 2.0**10
-    draws: PositiveInt = 3  # random draws of the k shots, accuracy averaged
+    draws: int = Field(3, ge=1, le=1000)  # random draws of the k shots, accuracy averaged
 
     _l2 = field_validator("l2_reg")(_one_or_distinct)
 
@@ -174,7 +192,7 @@ class TransferConfig(DataFields):
     """One `[[transfer]]` dataset: fine-tuned on and evaluated few-shot."""
 
     name: Optional[str] = None
-    per_class: Optional[PositiveInt] = None
+    per_class: Optional[Images] = None
 
     @property
     def label(self) -> str:
@@ -187,12 +205,12 @@ class RunConfig(Section):
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
-    threads: Optional[PositiveInt] = None
+    threads: Optional[Annotated[int, Field(ge=1, le=4096)]] = None
     checkpoint_seconds: PositiveFloat = 60.0
-    log_every: PositiveInt = 10
+    log_every: PositiveSteps = 10
     # Loading of on-disk sources (embedded sources are in memory and use neither):
-    workers: Optional[NonNegativeInt] = Field(None, description="decoding processes; default: the cores training leaves free (GPU: all but one), at most 8")
-    prefetch: PositiveInt = Field(2, description="batches each worker prepares ahead")
+    workers: Optional[Annotated[int, Field(ge=0, le=1024)]] = Field(None, description="decoding processes; default: the cores training leaves free (GPU: all but one), at most 8")
+    prefetch: int = Field(2, ge=1, le=1024, description="batches each worker prepares ahead")
 
 
 Column = Union[str, list[str]]
@@ -220,9 +238,9 @@ class ReportConfig(Section):
 class Recipe(Section):
     """A whole recipe file after sweep expansion (every swept key holds one value)."""
 
-    name: str
+    name: str = Field(description="the experiment's folder under --results")
     description: str = ""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     model: ModelConfig
     pretrain: PretrainConfig
     finetune: Optional[FinetuneConfig] = None
@@ -231,10 +249,34 @@ class Recipe(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _one_safe_folder(cls, name: str) -> str:
+        """The name is one folder under --results: nothing is ever written outside it."""
+        if not SAFE_NAME.fullmatch(name) or name in (".", ".."):
+            raise ValueError(f"{name!r} is not a safe folder name: use 1 to 100 letters, digits, '-', '_' or '.' (not '.' or '..'), e.g. name = \"my-run\"")
+        return name
+
     @model_validator(mode="after")
     def _transfer_needed(self) -> "Recipe":
         if (self.finetune or self.fewshot) and not self.transfer:
             raise ValueError("[finetune] and [fewshot] need at least one [[transfer]] dataset")
+        return self
+
+    @model_validator(mode="after")
+    def _image_sizes_fit(self) -> "Recipe":
+        """Every resolution cuts into whole patches, before anything runs (a fine-tuning size
+        that does not would otherwise fail only after pre-training)."""
+        spec = model_registry.spec(self.model.name, **self.model.options())
+        sizes = [("pretrain.image_size", self.pretrain.image_size)]
+        if self.finetune and self.finetune.image_size:
+            sizes.append(("finetune.image_size", self.finetune.image_size))
+        for key, size in sizes:
+            if spec.family == "vit" and size % spec.patch:
+                fits = max(spec.patch, size // spec.patch * spec.patch)
+                raise ValueError(f"{key} = {size} is not a multiple of {self.model.name}'s patch size {spec.patch}; use e.g. {fits}")
+            if spec.family == "hybrid" and size < spec.stride * spec.patch:
+                raise ValueError(f"{key} = {size} is smaller than {self.model.name}'s stride {spec.stride * spec.patch}; use at least {spec.stride * spec.patch}")
         return self
 
     @model_validator(mode="after")

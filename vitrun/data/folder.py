@@ -47,7 +47,21 @@ def layout(root: Path, options: SourceOptions) -> dict[str, Path]:
         splits["test"] = splits.pop("validation")  # val/ is the test set when there is no test/
     if not _subdirs(splits["train"]):
         raise SourceError("data", f"{source}: no class subfolders in {splits['train']} (put each class's images in PATH/<class>/ or PATH/train/<class>/)")
+    empty = [name for name in _subdirs(splits["train"]) if not _has_image(splits["train"] / name)]
+    if empty:
+        raise SourceError("data", f"{source}: class folders without image files in {splits['train']}: {', '.join(empty[:5])}{' …' if len(empty) > 5 else ''} (extensions: {', '.join(sorted(EXTENSIONS))})")
     return splits
+
+
+def _has_image(folder: Path) -> bool:
+    """At least one image file under `folder` (stops at the first: cheap on a large tree)."""
+    try:
+        for dirpath, _, filenames in os.walk(folder):
+            if any(os.path.splitext(f)[1].lower() in EXTENSIONS and not f.startswith(".") for f in filenames):
+                return True
+    except OSError:
+        return False
+    return False
 
 
 def classes(train_dir: Path) -> tuple[str, ...]:

@@ -1,0 +1,5 @@
+"""`python -m vitrun ...`, the same as the `vitrun` command."""
+
+from vitrun.cli import main
+
+main(prog_name="vitrun")
