@@ -311,6 +311,44 @@ def bench_model_cmd(name, image_size, batch_size, repeats, device, precision, op
     _console().print(table)
 
 
+@main.command("doctor")
+@click.option("--results", "results", default=None, type=click.Path(file_okay=False), help="Also scan this results directory: broken records, bad weights, failed and unfinished stages, orphaned temp files, stale locks.")
+@click.option("--fix", "apply_fix", is_flag=True, help="Set broken records aside (their stages re-run), remove orphaned temp files and stale locks.")
+@click.option("--no-weights", is_flag=True, help="Skip checking weights against their sha256 (reads every weights file).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), envvar="VITRUN_CACHE", help="The dataset cache to report [env VITRUN_CACHE; default ~/.cache/vitrun].")
+def doctor_cmd(results, apply_fix, no_weights, cache_dir):
+    """Versions, devices and caches; with --results, what in a results directory needs attention.
+
+    Exit 0 when nothing needs fixing (failed and unfinished stages are retried or resumed by the
+    next run and do not count), else 1.
+    """
+    from rich.markup import escape
+
+    from vitrun import doctor
+
+    console = _console()
+    console.print("[bold]versions[/bold]  " + ", ".join(f"{name} {version}" for name, version in doctor.versions()), soft_wrap=True)
+    console.print("[bold]devices[/bold]   " + "; ".join(doctor.devices()), soft_wrap=True)
+    for what, path, size in doctor.caches(cache_dir):
+        console.print(f"[bold]cache[/bold]     {what}: {escape(str(path))} ({'absent' if size is None else doctor.human_bytes(size)})", soft_wrap=True)
+    if results is None:
+        return
+    if not Path(results).is_dir():
+        _fail(f"{results}: no such folder (give the --results directory of a run)")
+    findings = doctor.scan(Path(results), check_weights=not no_weights)
+    if not findings:
+        console.print(f"[green]results[/green]   {escape(str(results))}: nothing to fix", soft_wrap=True)
+        return
+    console.print(f"[bold]results[/bold]   {escape(str(results))}: {len(findings)} findings", soft_wrap=True)
+    for finding in findings:
+        action = finding.fix or "none: the next run handles it"
+        if apply_fix and finding.fix:
+            action = doctor.fix(finding)
+        console.print(f"  {finding.kind:<11} {escape(str(finding.path))}: {escape(finding.detail)} → {'' if apply_fix else '--fix would '}{escape(action)}", soft_wrap=True)
+    if any(f.fix for f in findings) and not apply_fix:
+        sys.exit(EXIT_FAILED)
+
+
 def _source_options(items):
     """`--option KEY=VALUE` pairs as SourceOptions."""
     from vitrun.data import SourceOptions
