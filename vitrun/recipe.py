@@ -197,7 +197,41 @@ def _validate(path: Path, variant: dict[str, Any], sweep: dict[str, list[Any]], 
     except ValidationError as err:
         raise RecipeError(f"{path}: {_describe(err, sweep, label)}") from None
     _check_sources(path, recipe)
+    _check_shots(path, recipe)
     return recipe
+
+
+def _check_shots(path: Path, recipe: Recipe) -> None:
+    """Few-shot needs `max(shots)` training images in every class: checked here where the count
+    is known without loading (generators, `per_class`, local folders), not after pre-training."""
+    if not recipe.fewshot:
+        return
+    k = max(recipe.fewshot.shots)
+    for i, transfer in enumerate(recipe.transfer):
+        have = _images_per_class_at_least(transfer, k)
+        if have is not None and have < k:
+            raise RecipeError(f"{path}: fewshot.shots: {k} shots per class, but transfer[{i}] ({transfer.label}) has only {have} training images in a class; lower the shots or give the class more images")
+
+
+def _images_per_class_at_least(transfer, k: int) -> int | None:
+    """The smallest class's training images, counted up to `k` (None: unknown before loading)."""
+    from vitrun import data
+
+    if transfer.per_class is not None:
+        return transfer.per_class
+    generator = data.GENERATORS.get(transfer.data)
+    if generator is not None:
+        return generator.DEFAULT_PER_CLASS
+    if transfer.data.startswith("folder:"):
+        from vitrun.data import folder
+
+        try:
+            splits = folder.layout(Path(transfer.data.removeprefix("folder:")).expanduser(), data.SourceOptions.of(transfer.model_dump()))
+        except data.SourceError:
+            return None  # reported by the source check
+        # One tree: a test share is carved out of it later, so this count is an upper bound.
+        return min(folder.count_images(splits["train"] / name, k) for name in folder.classes(splits["train"]))
+    return None
 
 
 def _check_sources(path: Path, recipe: Recipe) -> None:

@@ -54,14 +54,17 @@ def layout(root: Path, options: SourceOptions) -> dict[str, Path]:
 
 
 def _has_image(folder: Path) -> bool:
-    """At least one image file under `folder` (stops at the first: cheap on a large tree)."""
-    try:
-        for dirpath, _, filenames in os.walk(folder):
-            if any(os.path.splitext(f)[1].lower() in EXTENSIONS and not f.startswith(".") for f in filenames):
-                return True
-    except OSError:
-        return False
-    return False
+    return count_images(folder, 1) > 0
+
+
+def count_images(folder: Path, limit: int) -> int:
+    """Image files under `folder`, counted up to `limit` (cheap on a large tree)."""
+    found = 0
+    for _, _, filenames in os.walk(folder):
+        found += sum(os.path.splitext(f)[1].lower() in EXTENSIONS and not f.startswith(".") for f in filenames)
+        if found >= limit:
+            return found
+    return found
 
 
 def classes(train_dir: Path) -> tuple[str, ...]:
