@@ -63,7 +63,7 @@ class DataFields(Section):
     """Where a section's images come from: `data` and the source's options.
 
     Shared by `[pretrain]` and `[[transfer]]`. `data` is an embedded name (`fractal`,
-    `digits`, `shapes`) or `KIND:TARGET` (`hf:`, `parquet:`, `arrow:`, `torchvision:`,
+    `digits`, `shapes`) or `KIND:TARGET` (`hf:`, `wds:`, `parquet:`, `arrow:`, `torchvision:`,
     `folder:`; see vitrun/data/sources.py); which options apply to which kind is checked
     when the recipe loads. Options change the data, so they are part of stage keys; an
     option left unset is left out of the stage config, so adding options to vitrun does
@@ -80,6 +80,7 @@ class DataFields(Section):
     root: Optional[str] = Field(None, description="torchvision: folder holding the files; default <cache>/torchvision")
     download: bool = Field(False, description="torchvision: download into root when missing (needs a network)")
     test_fraction: Optional[Fraction] = Field(None, description="share of train held out as test when a source has no test split; default 0.2")
+    eval_size: Optional[PositiveInt] = Field(None, description="images held out as test when a source has no test split; default test_fraction of train, at most 50,000")
     dev_fraction: Optional[Fraction] = Field(None, description="held-out share of train for learning-rate selection; default per dataset")
     crop: Optional[Literal["inception", "resize"]] = Field(None, description="training crop; default inception for pre-training, resize for fine-tuning real images")
 
@@ -93,7 +94,7 @@ class DataFields(Section):
 
 
 # Keys added with real sources: left out of stage configs while unset (see DataFields).
-_SOURCE_OPTIONS = ("config", "train_split", "test_split", "image_column", "label_column", "root", "download", "test_fraction", "dev_fraction", "crop")
+_SOURCE_OPTIONS = ("config", "train_split", "test_split", "image_column", "label_column", "root", "download", "test_fraction", "eval_size", "dev_fraction", "crop")
 
 
 class PretrainConfig(DataFields):
