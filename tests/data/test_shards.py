@@ -167,3 +167,38 @@ def test_folder_paths_are_one_compact_array(image_folder):
     reader = ds.train.reader
     assert reader.blob.dtype == np.uint8 and reader.offsets.dtype == np.int64 and len(reader) == 48
     assert reader.path(0).endswith("circle/000.png") and ds.train.image(0).size == draw(0, 0).size
+
+
+RECIPE = """
+name = "shards"
+[model]
+name = "ViT-Mu/4"
+[pretrain]
+data = "{data}"
+image_size = 16
+steps = 2
+batch_size = 8
+warmup_steps = 1
+eval_size = 6
+[run]
+workers = 0
+"""
+
+
+@pytest.mark.parametrize("data_source", ["wds:{root}/wds/*-train-*.tar", "parquet:{root}/pq/train-*.parquet"])
+def test_a_recipe_pretrains_on_shards_through_the_cli(data_source, shard_sets, tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from vitrun.cli import main
+
+    monkeypatch.setenv("VITRUN_CACHE", str(tmp_path / "cache"))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(RECIPE.format(data=data_source.format(root=shard_sets)))
+    before = _bytes_under(shard_sets)
+    result = CliRunner().invoke(main, ["recipe", str(recipe), "--results", str(tmp_path / "results")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    record = json.loads(next((tmp_path / "results").rglob("pretrain-*/stage.json")).read_text())
+    assert record["metrics"]["train_images"] == 54 and 0 <= record["metrics"]["accuracy"] <= 1
+    assert _bytes_under(shard_sets) == before and _bytes_under(tmp_path / "cache") < 8192, "no copy: the index only"

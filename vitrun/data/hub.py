@@ -83,7 +83,10 @@ def shard_files(repo_id: str, config: str | None) -> tuple[str, list[str]] | Non
     """
     from huggingface_hub import HfApi
 
-    names = HfApi().list_repo_files(repo_id, repo_type="dataset")
+    try:
+        names = HfApi().list_repo_files(repo_id, repo_type="dataset")
+    except Exception:  # offline: the files of a snapshot already in the cache, if any
+        names = _cached_names(repo_id)
     if config:
         names = [n for n in names if config in n.split("/")[:-1]]
     for kind, ext in SHARD_EXTS.items():
@@ -91,6 +94,15 @@ def shard_files(repo_id: str, config: str | None) -> tuple[str, list[str]] | Non
         if found:
             return kind, found
     return None
+
+
+def _cached_names(repo_id: str) -> list[str]:
+    from huggingface_hub import constants
+
+    snapshots = sorted((Path(constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}" / "snapshots").glob("*"))
+    if not snapshots:
+        raise LookupError(f"{repo_id} is not in the hub cache")
+    return sorted(str(p.relative_to(snapshots[-1])) for p in snapshots[-1].rglob("*") if p.is_file())
 
 
 def fetch(repo_id: str, names: list[str]) -> list[str]:

@@ -207,9 +207,9 @@ def _open_folder(source: Source, options: SourceOptions):
 
 def _open_hf(source: Source, options: SourceOptions, cache_dir):
     config = source.config or options.config
-    hub = _hub_shards(source.target, config)
-    if hub:  # tars or Parquet on the hub: fetched into the HF cache and read there, no Arrow copy
-        kind, names = hub
+    on_hub = _hub_shards(source.target, config)
+    if on_hub:  # tars or Parquet on the hub: fetched into the HF cache and read there, no Arrow copy
+        kind, names = on_hub
         files = sharded.split_files(hub.fetch(source.target, names), str(source))
         return sharded.open_splits(kind, files, options, cache_dir, str(source))
     splits = hf.open_splits(source.kind, source.target, _with_config(source, options))
