@@ -192,8 +192,9 @@ class RunConfig(Section):
     checkpoint_seconds: PositiveFloat = 60.0
     log_every: PositiveInt = 10
     # Loading of on-disk sources (embedded sources are in memory and use neither):
-    workers: Optional[NonNegativeInt] = Field(None, description="decoding processes; default: the cores training leaves free (GPU: all but one), at most 8")
+    workers: Optional[NonNegativeInt] = Field(None, description="decoding processes; default: the cores training leaves free (GPU: all but one)")
     prefetch: PositiveInt = Field(2, description="batches each worker prepares ahead")
+    decode: Literal["cpu", "gpu"] = Field("cpu", description="gpu: JPEGs decoded on the CUDA device (nvJPEG); same crops, pixels within decoder rounding; CPU when there is no GPU")
 
 
 Column = Union[str, list[str]]

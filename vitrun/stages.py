@@ -53,7 +53,7 @@ class Context:
 
     def loader_settings(self) -> loader.LoaderSettings:
         workers = self.run.workers if self.run.workers is not None else loader.LoaderSettings.auto_workers(self.placement.device)
-        return loader.LoaderSettings(workers=workers, prefetch=self.run.prefetch, device=self.placement.device)
+        return loader.LoaderSettings(workers=workers, prefetch=self.run.prefetch, device=self.placement.device, decode=self.run.decode)
 
     def stage_dir(self, key: str) -> StageDir:
         return self.store.stage(self.experiment, key)

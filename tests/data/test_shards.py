@@ -202,3 +202,29 @@ def test_a_recipe_pretrains_on_shards_through_the_cli(data_source, shard_sets, t
     record = json.loads(next((tmp_path / "results").rglob("pretrain-*/stage.json")).read_text())
     assert record["metrics"]["train_images"] == 54 and 0 <= record["metrics"]["accuracy"] <= 1
     assert _bytes_under(shard_sets) == before and _bytes_under(tmp_path / "cache") < 8192, "no copy: the index only"
+
+
+def test_gpu_decode_path_matches_the_cpu_views_and_degrades_without_cuda(shard_sets, tmp_path):
+    """The GPU path's code run on the CPU (torchvision decodes there too): same crops and
+    flips as the PIL path, pixels within decoder/resampler rounding."""
+    from vitrun.data import gpu_decode
+
+    ds = data.load(f"wds:{shard_sets}/wds/*-train-*.tar", image_size=16, cache_dir=tmp_path)
+    items, reference = [], []
+    for slot, kind in enumerate(("inception", "resize", "center") * 3):
+        rng = lambda: np.random.default_rng([1, slot]) if kind != "center" else None  # noqa: E731
+        items.append(gpu_decode.item(ds.train, slot, 24, kind, rng()))
+        reference.append(transforms_view(ds.train, slot, 24, kind, rng()))
+    out = gpu_decode.assemble(items, 24, torch.device("cpu"))
+    assert out.shape == (9, 3, 24, 24) and out.dtype == torch.uint8
+    assert (out.float() - torch.stack(reference).float()).abs().mean() < 8
+    settings = loader.LoaderSettings(workers=0, decode="gpu")
+    with pytest.warns(UserWarning, match="needs a CUDA device"):
+        batch_at = loader.train_batches(ds.train, 16, 6, 1, seed=0, crop="inception", settings=settings)
+    assert torch.equal(batch_at(0)[0], loader.train_batches(ds.train, 16, 6, 1, seed=0, crop="inception")(0)[0])
+
+
+def transforms_view(images, i, size, kind, rng):
+    from vitrun.data import transforms
+
+    return transforms.view(images.image(i), size, kind, rng)

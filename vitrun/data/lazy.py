@@ -55,6 +55,10 @@ class FileReader:
     def read(self, row: int) -> Image.Image:
         return Image.open(self.path(row))
 
+    def read_bytes(self, row: int) -> bytes:
+        with open(self.path(row), "rb") as f:
+            return f.read()
+
     def where(self, row: int) -> str:
         return self.path(row)
 
@@ -71,10 +75,14 @@ class HFReader:
     column: str
 
     def read(self, row: int) -> Image.Image:
+        return Image.open(io.BytesIO(self.read_bytes(row)))
+
+    def read_bytes(self, row: int) -> bytes:
         item = self.dataset[int(row)][self.column]
         if item.get("bytes"):
-            return Image.open(io.BytesIO(item["bytes"]))
-        return Image.open(item["path"])
+            return item["bytes"]
+        with open(item["path"], "rb") as f:
+            return f.read()
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,11 @@ class LazyImageSet:
     def image(self, i: int) -> Image.Image:
         """Image ``i`` of this set, decoded (any size and mode: see ``transforms.to_rgb``)."""
         return self.reader.read(int(self.rows[i]))
+
+    def encoded(self, i: int) -> bytes | None:
+        """Image ``i`` as stored (JPEG, PNG … bytes), None for readers that only decode."""
+        read_bytes = getattr(self.reader, "read_bytes", None)
+        return read_bytes(int(self.rows[i])) if read_bytes else None
 
     def where(self, i: int) -> str:
         """Where image ``i`` lies, for error messages (shard and offset for shards)."""

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 from PIL import Image
 
-from vitrun.data import augment, transforms
+from vitrun.data import augment, gpu_decode, transforms
 from vitrun.data.imageset import ImageSet
 from vitrun.data.lazy import LazyImageSet
 
@@ -45,6 +45,15 @@ class LoaderSettings:
     workers: int = 0  # decoding processes; 0 decodes in the training process
     prefetch: int = 2  # batches each worker prepares ahead
     device: torch.device = torch.device("cpu")  # batches are handed over on it
+    decode: str = "cpu"  # "gpu": JPEGs decoded on the device (gpu_decode.py); CPU when there is none
+
+    def decodes_on_gpu(self) -> bool:
+        if self.decode != "gpu":
+            return False
+        if gpu_decode.usable(self.device):
+            return True
+        warnings.warn(f"decode = \"gpu\" needs a CUDA device and torchvision; the training device is {self.device}: decoding on the CPU")
+        return False
 
     @staticmethod
     def auto_workers(device: torch.device = torch.device("cpu")) -> int:
@@ -117,14 +126,16 @@ def eval_batches(images: ImageSet | LazyImageSet, image_size: int, batch_size: i
     for start in range(0, len(images), batch_size):
         keys = [(i, -1, -1) for i in range(start, min(start + batch_size, len(images)))]
         pieces += [piece for piece in _split(keys, chunks) if piece]
-    parts = []
-    for x, y in _loader(_Views(images, image_size, "center", 0), pieces, settings, -(-batch_size // chunks)):
-        parts.append((x, y))
-        if sum(len(p[1]) for p in parts) == batch_size:
-            yield _to_device(torch.cat([p[0] for p in parts]), settings), torch.cat([p[1] for p in parts])
-            parts = []
+    parts, count = [], 0
+    views = _Views(images, image_size, "center", 0, settings.decodes_on_gpu())
+    for part in _loader(views, pieces, settings, -(-batch_size // chunks)):
+        parts.append(part)
+        count += len(part) if views.gpu else len(part[1])
+        if count == batch_size:
+            yield _join(parts, views, settings)
+            parts, count = [], 0
     if parts:
-        yield _to_device(torch.cat([p[0] for p in parts]), settings), torch.cat([p[1] for p in parts])
+        yield _join(parts, views, settings)
 
 
 # -- on-disk path ------------------------------------------------------------------------
@@ -132,8 +143,8 @@ def eval_batches(images: ImageSet | LazyImageSet, image_size: int, batch_size: i
 class _Views(TorchDataset):
     """Item (i, step, slot) -> (uint8 (3, S, S), label): image i decoded and viewed in a worker."""
 
-    def __init__(self, images: LazyImageSet, size: int, kind: str, seed: int):
-        self.images, self.size, self.kind, self.seed = images, size, kind, seed
+    def __init__(self, images: LazyImageSet, size: int, kind: str, seed: int, gpu: bool = False):
+        self.images, self.size, self.kind, self.seed, self.gpu = images, size, kind, seed, gpu
 
     def __len__(self) -> int:
         return len(self.images)
@@ -147,6 +158,8 @@ class _Views(TorchDataset):
         for j in range(i, i + MAX_SKIPPED):  # a corrupt image: the next readable one takes its slot
             j %= len(self.images)
             try:
+                if self.gpu:  # bytes and the view's box: the training process decodes on the GPU
+                    return gpu_decode.item(self.images, j, self.size, self.kind, rng), self.images.labels[j]
                 return transforms.view(self.images.image(j), self.size, self.kind, rng), self.images.labels[j]
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
                 warnings.warn(f"{self.images.where(j)}: not a readable image ({type(err).__name__}: {err}); the next image takes its place")
@@ -190,7 +203,7 @@ class _LoaderBatches:
     """``batch_at(step)`` over a DataLoader that runs ahead; restarted if a step is skipped."""
 
     def __init__(self, images, image_size, batch_size, steps, seed, crop, order, settings):
-        self.views = _Views(images, image_size, crop, seed)
+        self.views = _Views(images, image_size, crop, seed, settings.decodes_on_gpu())
         self.batch_size, self.steps, self.order, self.settings = batch_size, steps, order, settings
         self.chunks = _chunks(settings, batch_size)
         self._iterator, self._next = None, None
@@ -200,9 +213,17 @@ class _LoaderBatches:
             sampler = _StepSampler(self.order, self.batch_size, step, max(self.steps, step + 1), self.chunks)
             self._iterator = iter(_loader(self.views, sampler, self.settings, -(-self.batch_size // self.chunks)))
         parts = [next(self._iterator) for _ in range(self.chunks)]
-        x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         self._next = step + 1
-        return _to_device(x, self.settings), y
+        return _join(parts, self.views, self.settings)
+
+
+def _join(parts: list, views: _Views, settings: LoaderSettings) -> Batch:
+    """One batch on the device from the chunks the workers made."""
+    if views.gpu:
+        items = [item for part in parts for item in part]
+        x = gpu_decode.assemble([payload for payload, _ in items], views.size, settings.device)
+        return augment.to_float(x), torch.stack([y for _, y in items])
+    return _to_device(torch.cat([p[0] for p in parts]), settings), torch.cat([p[1] for p in parts])
 
 
 def _loader(views: _Views, batch_sampler, settings: LoaderSettings, chunk: int) -> DataLoader:
@@ -212,11 +233,18 @@ def _loader(views: _Views, batch_sampler, settings: LoaderSettings, chunk: int) 
     return DataLoader(
         views,
         batch_sampler=batch_sampler,
+        # workers: torch's collate, which writes into shared memory; GPU decode: items as they are
+        collate_fn=gpu_decode.collate if views.gpu else None if workers else _stack,
         num_workers=workers,
         pin_memory=settings.device.type == "cuda",
         persistent_workers=workers > 0,
         prefetch_factor=settings.prefetch if workers > 0 else None,
     )
+
+
+def _stack(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate in the training process: numpy's single-threaded copy (see ``transforms.view``)."""
+    return torch.from_numpy(np.stack([x.numpy() for x, _ in items])), torch.stack([y for _, y in items])
 
 
 class SharedMemoryTooSmall(RuntimeError):

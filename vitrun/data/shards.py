@@ -35,6 +35,7 @@ from vitrun.data.options import SourceError
 
 INDEX_VERSION = 1
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff", "img", "image")
+OPEN_SHARDS = 64  # tar files a reader keeps open (per worker)
 LABEL_KEYS = ("cls", "label", "labels", "fine_label", "target", "targets", "class", "y")
 
 
@@ -264,6 +265,8 @@ class TarReader:
         s = int(self.shard[row])
         fd = self._files.get(s)
         if fd is None:
+            if len(self._files) >= OPEN_SHARDS:  # ImageNet-21k has thousands of shards: stay under ulimit -n
+                os.close(self._files.pop(next(iter(self._files))))
             fd = self._files[s] = os.open(self.shards[s], os.O_RDONLY)
         return os.pread(fd, int(self.size[row]), int(self.offset[row]))
 
