@@ -233,13 +233,15 @@ def bench_group():
 @click.argument("source")
 @click.option("--image-size", default=224, show_default=True, type=click.IntRange(4), help="Crop size the batches are made at.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Images per batch.")
-@click.option("--workers", default=None, type=click.IntRange(0), help="Decoding processes for on-disk sources [default: the cores CPU training leaves free, at most 8].")
+@click.option("--workers", default=None, type=click.IntRange(0), help="Decoding processes for on-disk sources [default: the cores CPU training leaves free].")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Batches timed (after 2 untimed warm-up batches).")
 @click.option("--crop", type=click.Choice(["inception", "resize"]), default="inception", show_default=True, help="Training crop (pre-training: inception; fine-tuning real images: resize).")
 @click.option("--model", default=None, help="Also time a training step of this model (e.g. ViT-Mu/4) on the same batches, for comparison.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A source option as in a recipe, e.g. --option label_column=fine_label. Repeatable.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), envvar="VITRUN_CACHE", help="Where generated datasets are cached [env VITRUN_CACHE; default ~/.cache/vitrun].")
-def bench_data_cmd(source, image_size, batch_size, workers, steps, crop, model, options, cache_dir):
+@click.option("--project", "project_cores", default=16, show_default=True, type=click.IntRange(2), help="Also project images/s to a machine of this many cores (all but one decoding).")
+@click.option("--decode", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True, help="gpu: decode JPEGs on the CUDA device (batches handed over there); falls back to the CPU without one.")
+def bench_data_cmd(source, image_size, batch_size, workers, steps, crop, model, options, cache_dir, project_cores, decode):
     """Images/s of the training input pipeline for SOURCE (decode + augment + collate).
 
     SOURCE is what a recipe's `data` takes: an embedded name (`fractal`, `digits`,
@@ -257,7 +259,7 @@ def bench_data_cmd(source, image_size, batch_size, workers, steps, crop, model, 
             from vitrun.models import spec
 
             spec(model)
-        result = bench.measure(source, image_size=image_size, batch_size=batch_size, workers=workers, steps=steps, crop=crop, model=model, cache_dir=cache_dir, options=opts)
+        result = bench.measure(source, image_size=image_size, batch_size=batch_size, workers=workers, steps=steps, crop=crop, model=model, cache_dir=cache_dir, options=opts, decode=decode, device="cuda" if decode == "gpu" and _has_cuda() else "cpu")
     except (data.SourceError, ValueError) as err:
         _fail(f"{source}: {err}" if not str(err).startswith(source) else str(err))
     console = _console()
@@ -265,6 +267,9 @@ def bench_data_cmd(source, image_size, batch_size, workers, steps, crop, model, 
     how = "in memory, batched augmentation" if in_memory else f"{result.workers} workers"
     console.print(f"{source}: {result.train_images} training images; {result.steps} batches of {result.batch_size} at {result.image_size} px ({how})")
     console.print(f"  input pipeline: [bold]{result.images_per_s:,.0f} images/s[/bold] ({1000 * result.seconds / result.steps:.1f} ms per batch)")
+    if not in_memory:
+        basis = "CPU time, workers included" if result.cpu_seconds else "wall time"
+        console.print(f"  per decoding core ({basis}): {result.per_core:,.0f} images/s; projected on {project_cores} cores ({project_cores - 1} workers): {result.projected(project_cores):,.0f} images/s")
     if result.model_seconds:
         ratio = result.images_per_s / result.model_images_per_s
         verdict = "keeps the model busy" if ratio >= 1.5 else "about even with the model: little slack" if ratio >= 1 else "slower than the model: training waits for data"
@@ -347,6 +352,12 @@ def doctor_cmd(results, apply_fix, no_weights, cache_dir):
         console.print(f"  {finding.kind:<11} {escape(str(finding.path))}: {escape(finding.detail)} → {'' if apply_fix else '--fix would '}{escape(action)}", soft_wrap=True)
     if any(f.fix for f in findings) and not apply_fix:
         sys.exit(EXIT_FAILED)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _source_options(items):

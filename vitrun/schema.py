@@ -81,7 +81,7 @@ class DataFields(Section):
     """Where a section's images come from: `data` and the source's options.
 
     Shared by `[pretrain]` and `[[transfer]]`. `data` is an embedded name (`fractal`,
-    `digits`, `shapes`) or `KIND:TARGET` (`hf:`, `parquet:`, `arrow:`, `torchvision:`,
+    `digits`, `shapes`) or `KIND:TARGET` (`hf:`, `wds:`, `parquet:`, `arrow:`, `torchvision:`,
     `folder:`; see vitrun/data/sources.py); which options apply to which kind is checked
     when the recipe loads. Options change the data, so they are part of stage keys; an
     option left unset is left out of the stage config, so adding options to vitrun does
@@ -98,6 +98,7 @@ class DataFields(Section):
     root: Optional[str] = Field(None, description="torchvision: folder holding the files; default <cache>/torchvision")
     download: bool = Field(False, description="torchvision: download into root when missing (needs a network)")
     test_fraction: Optional[Fraction] = Field(None, description="share of train held out as test when a source has no test split; default 0.2")
+    eval_size: Optional[PositiveInt] = Field(None, description="images held out as test when a source has no test split; default test_fraction of train, at most 50,000")
     dev_fraction: Optional[Fraction] = Field(None, description="held-out share of train for learning-rate selection; default per dataset")
     crop: Optional[Literal["inception", "resize"]] = Field(None, description="training crop; default inception for pre-training, resize for fine-tuning real images")
 
@@ -111,7 +112,7 @@ class DataFields(Section):
 
 
 # Keys added with real sources: left out of stage configs while unset (see DataFields).
-_SOURCE_OPTIONS = ("config", "train_split", "test_split", "image_column", "label_column", "root", "download", "test_fraction", "dev_fraction", "crop")
+_SOURCE_OPTIONS = ("config", "train_split", "test_split", "image_column", "label_column", "root", "download", "test_fraction", "eval_size", "dev_fraction", "crop")
 
 
 class PretrainConfig(DataFields):
@@ -209,8 +210,9 @@ class RunConfig(Section):
     checkpoint_seconds: PositiveFloat = 60.0
     log_every: PositiveSteps = 10
     # Loading of on-disk sources (embedded sources are in memory and use neither):
-    workers: Optional[Annotated[int, Field(ge=0, le=1024)]] = Field(None, description="decoding processes; default: the cores training leaves free (GPU: all but one), at most 8")
+    workers: Optional[Annotated[int, Field(ge=0, le=1024)]] = Field(None, description="decoding processes; default: the cores training leaves free (GPU: all but one)")
     prefetch: int = Field(2, ge=1, le=1024, description="batches each worker prepares ahead")
+    decode: Literal["cpu", "gpu"] = Field("cpu", description="gpu: JPEGs decoded on the CUDA device (nvJPEG); same crops, pixels within decoder rounding; CPU when there is no GPU")
 
 
 Column = Union[str, list[str]]

@@ -158,7 +158,7 @@ def test_unknown_source_suggests_nearest():
     assert set(data.SOURCES) == {"fractal", "digits", "shapes"}
     with pytest.raises(ValueError, match=r"unknown data source 'digts' \(did you mean 'digits'\?\)"):
         data.load("digts", image_size=32)
-    with pytest.raises(ValueError, match=r"embedded: fractal, digits, shapes; or KIND:TARGET with KIND one of hf, parquet, arrow, torchvision, folder\)"):
+    with pytest.raises(ValueError, match=r"embedded: fractal, digits, shapes; or KIND:TARGET with KIND one of hf, wds, parquet, arrow, torchvision, folder\)"):
         data.load("imagenet", image_size=32)
     with pytest.raises(data.SourceError, match=r"unknown data source 'digts' \(did you mean 'digits'\?\)"):
         data.check("digts")  # what `vitrun validate` and `vitrun bench data` call

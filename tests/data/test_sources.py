@@ -9,7 +9,7 @@ from PIL import Image
 
 from tests.data.conftest import CLASSES, draw
 from vitrun import data
-from vitrun.data import augment, hf, loader, sources, transforms
+from vitrun.data import augment, hf, loader, sharded, sources, transforms
 from vitrun.data.options import SourceError, SourceOptions
 from vitrun.data.sampling import balanced_subset, k_shot
 
@@ -65,7 +65,7 @@ def test_string_labels_and_named_columns(tmp_path):
     images = [draw(i % 3, i) for i in range(12)]
     table = datasets.Dataset.from_dict({"picture": images, "kind": [CLASSES[i % 3] for i in range(12)]}, features=datasets.Features({"picture": datasets.Image(), "kind": datasets.Value("string")}))
     table.save_to_disk(str(tmp_path / "one"))
-    with pytest.raises(SourceError, match=r"cannot tell which column holds the labels \(columns: picture, kind\)"):
+    with pytest.raises(SourceError, match=r"cannot tell which column holds the labels \(columns: picture, kind;"):
         data.load(f"arrow:{tmp_path / 'one'}", image_size=16)
     ds = data.load(f"arrow:{tmp_path / 'one'}", image_size=16, options=SourceOptions(label_column="kind", test_fraction=0.25))
     assert ds.train.classes == tuple(sorted(CLASSES)) and ds.counts() == {"train": 9, "test": 3}
@@ -117,7 +117,7 @@ def test_hub_dataset_without_network_or_cache(monkeypatch, tmp_path):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", offline)
-    with pytest.raises(SourceError, match=r"hf:cifar10 cannot be downloaded here; set HF_HOME to a cache that has it, or use parquet:PATH"):
+    with pytest.raises(SourceError, match=r"hf:cifar10 cannot be downloaded here; set HF_HOME to a cache that has it, or use wds:GLOB"):
         _check("hf:cifar10")
     (tmp_path / "datasets--cifar10").mkdir()  # in the cache: fine without a network
     _check("hf:cifar10")
@@ -156,7 +156,7 @@ def test_parquet_split_names_from_file_names(tmp_path):
     for name in ("data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet", "data/validation-0.parquet", "extra/test.parquet"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).touch()
-    files = hf.parquet_files(f"{tmp_path}/**/*.parquet")
+    files = sharded.local_files("parquet", f"{tmp_path}/**/*.parquet")
     assert {k: len(v) for k, v in files.items()} == {"train": 2, "validation": 1, "test": 1}
 
 

@@ -90,7 +90,7 @@ def images(tree: Path, class_names: tuple[str, ...], source: str) -> LazyImageSe
                     labels.append(label)
     if not paths:
         raise SourceError("data", f"{source}: no image files under {tree}/<class>/ (extensions: {', '.join(sorted(EXTENSIONS))})")
-    return LazyImageSet.of(FileReader(tuple(paths)), labels, class_names)
+    return LazyImageSet.of(FileReader.of(paths), labels, class_names)
 
 
 def _subdirs(folder: Path) -> list[str]:

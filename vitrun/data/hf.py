@@ -1,15 +1,14 @@
-"""Hugging Face ``datasets`` sources: ``hf:ID_OR_PATH[:CONFIG]``, ``parquet:GLOB``, ``arrow:DIR``.
+"""Hugging Face ``datasets`` sources: ``hf:ID_OR_PATH[:CONFIG]``, ``arrow:DIR``; column detection.
 
 * ``hf:`` a hub id (``hf:cifar10``, ``hf:timm/oxford-iiit-pet``), downloaded into the HF cache
   ($HF_HOME) on first use, or a local path ``load_dataset`` understands (a folder of data
-  files, an ``imagefolder`` tree, a ``save_to_disk`` folder);
-* ``parquet:`` local Parquet files; a file whose name or folder says train / test /
-  validation (the hub's ``data/train-00000-of-00001.parquet`` layout) goes to that split,
-  and with no split names every file is training data;
+  files, an ``imagefolder`` tree, a ``save_to_disk`` folder); a hub repo whose files are
+  tars or Parquet is read in place instead (``sharded.py``);
 * ``arrow:`` the folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``.
 
 Columns: the image column is the first ``Image`` feature (else "image"/"img"), the label
-column the first ``ClassLabel`` (else "label", "labels", "fine_label", "target", "class");
+column the one ``ClassLabel`` (else the first of "cls", "label", "labels", "fine_label", "target",
+"class"; missing or ambiguous is an error naming the columns found);
 ``image_column`` / ``label_column`` name them. Labels are read from the Arrow column alone and
 class names from the ``ClassLabel`` (or the sorted distinct values of a string column).
 Images stay encoded in the memory-mapped Arrow files until a worker decodes one.
@@ -17,8 +16,6 @@ Images stay encoded in the memory-mapped Arrow files until a worker decodes one.
 
 from __future__ import annotations
 
-import glob
-import re
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +23,10 @@ import numpy as np
 
 from vitrun.data.lazy import HFReader, LazyImageSet
 from vitrun.data.options import SourceError, SourceOptions
+from vitrun.data.shards import LABEL_KEYS, pick_label
 
 IMAGE_NAMES = ("image", "img", "jpg", "png", "pixel_values")
-LABEL_NAMES = ("label", "labels", "fine_label", "target", "targets", "class", "y")
+LABEL_NAMES = LABEL_KEYS  # "cls" (WebDataset's name, timm's hub sets), "label", "labels", "fine_label", …
 TEST_NAMES = ("test", "testing", "validation", "valid", "val")
 SPLIT_WORDS = {"train": "train", "training": "train", "test": "test", "testing": "test", "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation"}
 
@@ -41,9 +39,6 @@ def open_splits(kind: str, target: str, options: SourceOptions) -> dict[str, Any
     source = f"{kind}:{target}"
     if kind == "arrow":
         return _from_disk(Path(target), source)
-    if kind == "parquet":
-        files = parquet_files(target)
-        return dict(datasets.load_dataset("parquet", data_files=files))
     path = Path(target)
     if is_saved(path):
         return _from_disk(path, source)
@@ -56,21 +51,6 @@ def is_saved(path: Path) -> bool:
     return path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file())
 
 
-def parquet_files(pattern: str) -> dict[str, list[str]]:
-    """Split name -> sorted files matching ``pattern`` (``**`` recurses); split from the path's words."""
-    files = sorted(f for f in glob.glob(str(Path(pattern).expanduser()), recursive=True) if Path(f).is_file())
-    if not files:
-        raise SourceError("data", f"parquet:{pattern}: no file matches (check the path; quote a glob such as 'data/*.parquet')")
-    out: dict[str, list[str]] = {}
-    for f in files:
-        words = re.split(r"[^a-z]+", (Path(f).parent.name + " " + Path(f).name).lower())
-        split = next((SPLIT_WORDS[w] for w in words if w in SPLIT_WORDS), "train")
-        out.setdefault(split, []).append(f)
-    if "train" not in out:  # only test/validation files: nothing to train on
-        raise SourceError("data", f"parquet:{pattern}: no training files among {len(files)} matches (name them train-*.parquet)")
-    return out
-
-
 def _from_disk(path: Path, source: str) -> dict[str, Any]:
     import datasets
 
@@ -81,8 +61,12 @@ def _from_disk(path: Path, source: str) -> dict[str, Any]:
     return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
 
 
-def pick_splits(splits: dict[str, Any], options: SourceOptions, source: str) -> tuple[str, str | None]:
-    """(train split name, test split name or None when the test set must be carved from train)."""
+def pick_splits(splits, options: SourceOptions, source: str, unlabelled=frozenset()) -> tuple[str, str | None]:
+    """(train split name, test split name or None when the test set must be carved from train).
+
+    unlabelled: splits whose labels are all negative (ILSVRC/imagenet-1k's test: every label
+    is -1): never picked as the test split, and refused when named.
+    """
     names = ", ".join(splits)
     train = options.train_split or "train"
     if train not in splits:
@@ -90,8 +74,10 @@ def pick_splits(splits: dict[str, Any], options: SourceOptions, source: str) -> 
     if options.test_split:
         if options.test_split not in splits:
             raise SourceError("test_split", f"{source}: no split {options.test_split!r} (splits: {names})")
+        if options.test_split in unlabelled:
+            raise SourceError("test_split", f"{source}: split {options.test_split!r} has no labels (all negative); test on another split (splits: {names})")
         return train, options.test_split
-    return train, next((s for s in TEST_NAMES if s in splits and s != train), None)
+    return train, next((s for s in TEST_NAMES if s in splits and s != train and s not in unlabelled), None)
 
 
 def columns(features, options: SourceOptions, source: str) -> tuple[str, str]:
@@ -117,7 +103,10 @@ def columns(features, options: SourceOptions, source: str) -> tuple[str, str]:
     encoded = isinstance(feature, datasets.Image) or (isinstance(feature, datasets.Value) and "binary" in feature.dtype) or (isinstance(feature, dict) and "bytes" in feature)
     if not encoded:
         raise SourceError("image_column", f"{source}: column {image!r} holds {_describe(feature)}, not images (columns: {listed}); set image_column")
-    return image, find("label_column", options.label_column, datasets.ClassLabel, LABEL_NAMES)
+    if options.label_column:
+        return image, find("label_column", options.label_column, datasets.ClassLabel, LABEL_NAMES)
+    typed = [c for c, f in features.items() if isinstance(f, datasets.ClassLabel)]
+    return image, pick_label(typed, [c for c in LABEL_NAMES if c in features], list(features), source)
 
 
 def _describe(feature) -> str:

@@ -18,6 +18,8 @@ for both paths.
 from __future__ import annotations
 
 import os
+import shutil
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -25,13 +27,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
+from PIL import Image
 
-from vitrun.data import augment, transforms
+from vitrun.data import augment, gpu_decode, transforms
 from vitrun.data.imageset import ImageSet
 from vitrun.data.lazy import LazyImageSet
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # float32 (B, 3, S, S) in [-1, 1], int64 (B,)
 _VIEW_TAG = 0x71E4  # salts per-image augmentation streams apart from other seeded draws
+MAX_SKIPPED = 16  # unreadable images in a row before a source counts as damaged
 
 
 @dataclass(frozen=True)
@@ -41,19 +45,28 @@ class LoaderSettings:
     workers: int = 0  # decoding processes; 0 decodes in the training process
     prefetch: int = 2  # batches each worker prepares ahead
     device: torch.device = torch.device("cpu")  # batches are handed over on it
+    decode: str = "cpu"  # "gpu": JPEGs decoded on the device (gpu_decode.py); CPU when there is none
+
+    def decodes_on_gpu(self) -> bool:
+        if self.decode != "gpu":
+            return False
+        if gpu_decode.usable(self.device):
+            return True
+        warnings.warn(f"decode = \"gpu\" needs a CUDA device and torchvision; the training device is {self.device}: decoding on the CPU")
+        return False
 
     @staticmethod
     def auto_workers(device: torch.device = torch.device("cpu")) -> int:
-        """Cores the training step leaves free, at most 8.
+        """Cores the training step leaves free (no upper bound: a 64-core GPU host gets 63).
 
         On a GPU the training process needs about one core: one worker per other core. On
         a CPU, torch's threads already use every core, and a decoding worker would fight
         them (on 2 cores, 2 training threads + 1 busy worker ran several times slower):
         only cores beyond torch's threads get workers, so a small CPU decodes in-process.
         """
-        cores = os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         busy = 1 if device.type == "cuda" else torch.get_num_threads()
-        return max(0, min(8, cores - busy))
+        return max(0, cores - busy)
 
 
 class EpochOrder:
@@ -108,10 +121,21 @@ def eval_batches(images: ImageSet | LazyImageSet, image_size: int, batch_size: i
         for start in range(0, len(images), batch_size):
             yield augment.center(images.images[start : start + batch_size], image_size), images.labels[start : start + batch_size]
         return
-    keys = [(i, -1, -1) for i in range(len(images))]
-    batches = [keys[s : s + batch_size] for s in range(0, len(keys), batch_size)]
-    for x, y in _loader(_Views(images, image_size, "center", 0), batches, settings):
-        yield _to_device(x, settings), y
+    chunks = _chunks(settings, batch_size)
+    pieces = []  # each batch in `chunks` pieces, spread over the workers
+    for start in range(0, len(images), batch_size):
+        keys = [(i, -1, -1) for i in range(start, min(start + batch_size, len(images)))]
+        pieces += [piece for piece in _split(keys, chunks) if piece]
+    parts, count = [], 0
+    views = _Views(images, image_size, "center", 0, settings.decodes_on_gpu())
+    for part in _loader(views, pieces, settings, -(-batch_size // chunks)):
+        parts.append(part)
+        count += len(part) if views.gpu else len(part[1])
+        if count == batch_size:
+            yield _join(parts, views, settings)
+            parts, count = [], 0
+    if parts:
+        yield _join(parts, views, settings)
 
 
 # -- on-disk path ------------------------------------------------------------------------
@@ -119,8 +143,8 @@ def eval_batches(images: ImageSet | LazyImageSet, image_size: int, batch_size: i
 class _Views(TorchDataset):
     """Item (i, step, slot) -> (uint8 (3, S, S), label): image i decoded and viewed in a worker."""
 
-    def __init__(self, images: LazyImageSet, size: int, kind: str, seed: int):
-        self.images, self.size, self.kind, self.seed = images, size, kind, seed
+    def __init__(self, images: LazyImageSet, size: int, kind: str, seed: int, gpu: bool = False):
+        self.images, self.size, self.kind, self.seed, self.gpu = images, size, kind, seed, gpu
 
     def __len__(self) -> int:
         return len(self.images)
@@ -130,50 +154,115 @@ class _Views(TorchDataset):
         # The view's randomness depends on (seed, step, slot) only: not on the worker, nor
         # on which other images share the batch, so any worker count gives the same batch.
         rng = np.random.default_rng([_VIEW_TAG, self.seed, step, slot]) if self.kind != "center" else None
-        return transforms.view(self.images.image(i), self.size, self.kind, rng), self.images.labels[i]
+        state = rng.bit_generator.state if rng is not None else None
+        for j in range(i, i + MAX_SKIPPED):  # a corrupt image: the next readable one takes its slot
+            j %= len(self.images)
+            try:
+                if self.gpu:  # bytes and the view's box: the training process decodes on the GPU
+                    return gpu_decode.item(self.images, j, self.size, self.kind, rng), self.images.labels[j]
+                return transforms.view(self.images.image(j), self.size, self.kind, rng), self.images.labels[j]
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+                warnings.warn(f"{self.images.where(j)}: not a readable image ({type(err).__name__}: {err}); the next image takes its place")
+                if rng is not None:
+                    rng.bit_generator.state = state  # the substitute gets the slot's own view
+        raise CorruptData(f"{MAX_SKIPPED} unreadable images in a row from {self.images.where(i)} on; the shards are damaged (re-write them)")
+
+
+class CorruptData(RuntimeError):
+    """Many images in a row cannot be decoded: a damaged source, not a stray bad file."""
 
 
 class _StepSampler(Sampler):
-    """Batches of (index, step, slot) keys for steps ``start`` .. ``steps - 1``."""
+    """Chunks of (index, step, slot) keys for steps ``start`` .. ``steps - 1``: each step's batch
+    in ``chunks`` contiguous pieces, so that many workers share one step (and one worker never
+    decodes a whole 4096-image batch while the others wait)."""
 
-    def __init__(self, order: EpochOrder, batch_size: int, start: int, steps: int):
-        self.order, self.batch_size, self.start, self.steps = order, batch_size, start, steps
+    def __init__(self, order: EpochOrder, batch_size: int, start: int, steps: int, chunks: int):
+        self.order, self.batch_size, self.start, self.steps, self.chunks = order, batch_size, start, steps, chunks
 
     def __len__(self) -> int:
-        return self.steps - self.start
+        return (self.steps - self.start) * self.chunks
 
     def __iter__(self):
         for step in range(self.start, self.steps):
-            yield [(int(i), step, slot) for slot, i in enumerate(self.order.batch(step, self.batch_size))]
+            keys = [(int(i), step, slot) for slot, i in enumerate(self.order.batch(step, self.batch_size))]
+            yield from _split(keys, self.chunks)
+
+
+def _split(keys: list, chunks: int) -> list[list]:
+    """``keys`` in ``chunks`` contiguous pieces of near-equal size, in order."""
+    bounds = np.linspace(0, len(keys), chunks + 1).round().astype(int)
+    return [keys[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _chunks(settings: LoaderSettings, batch_size: int) -> int:
+    return max(1, min(settings.workers, batch_size))
 
 
 class _LoaderBatches:
     """``batch_at(step)`` over a DataLoader that runs ahead; restarted if a step is skipped."""
 
     def __init__(self, images, image_size, batch_size, steps, seed, crop, order, settings):
-        self.views = _Views(images, image_size, crop, seed)
+        self.views = _Views(images, image_size, crop, seed, settings.decodes_on_gpu())
         self.batch_size, self.steps, self.order, self.settings = batch_size, steps, order, settings
+        self.chunks = _chunks(settings, batch_size)
         self._iterator, self._next = None, None
 
     def __call__(self, step: int) -> Batch:
         if step != self._next:  # first call, or a jump (resume): start the sampler at `step`
-            sampler = _StepSampler(self.order, self.batch_size, step, max(self.steps, step + 1))
-            self._iterator = iter(_loader(self.views, sampler, self.settings))
-        x, y = next(self._iterator)
+            sampler = _StepSampler(self.order, self.batch_size, step, max(self.steps, step + 1), self.chunks)
+            self._iterator = iter(_loader(self.views, sampler, self.settings, -(-self.batch_size // self.chunks)))
+        parts = [next(self._iterator) for _ in range(self.chunks)]
         self._next = step + 1
-        return _to_device(x, self.settings), y
+        return _join(parts, self.views, self.settings)
 
 
-def _loader(views: _Views, batch_sampler, settings: LoaderSettings) -> DataLoader:
+def _join(parts: list, views: _Views, settings: LoaderSettings) -> Batch:
+    """One batch on the device from the chunks the workers made."""
+    if views.gpu:
+        items = [item for part in parts for item in part]
+        x = gpu_decode.assemble([payload for payload, _ in items], views.size, settings.device)
+        return augment.to_float(x), torch.stack([y for _, y in items])
+    return _to_device(torch.cat([p[0] for p in parts]), settings), torch.cat([p[1] for p in parts])
+
+
+def _loader(views: _Views, batch_sampler, settings: LoaderSettings, chunk: int) -> DataLoader:
     workers = settings.workers
+    if workers:
+        check_shared_memory(workers, settings.prefetch, chunk, views.size)
     return DataLoader(
         views,
         batch_sampler=batch_sampler,
+        # workers: torch's collate, which writes into shared memory; GPU decode: items as they are
+        collate_fn=gpu_decode.collate if views.gpu else None if workers else _stack,
         num_workers=workers,
         pin_memory=settings.device.type == "cuda",
         persistent_workers=workers > 0,
         prefetch_factor=settings.prefetch if workers > 0 else None,
     )
+
+
+def _stack(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate in the training process: numpy's single-threaded copy (see ``transforms.view``)."""
+    return torch.from_numpy(np.stack([x.numpy() for x, _ in items])), torch.stack([y for _, y in items])
+
+
+class SharedMemoryTooSmall(RuntimeError):
+    """/dev/shm cannot hold the batches the workers prepare ahead."""
+
+
+def check_shared_memory(workers: int, prefetch: int, chunk: int, size: int, shm: str = "/dev/shm") -> None:
+    """Raise SharedMemoryTooSmall, with the fix, when ``shm`` has less room than the chunks in
+    flight need (workers x prefetch chunks of uint8 (chunk, 3, size, size), twice for slack)."""
+    if not os.path.isdir(shm):
+        return  # not Linux: torch shares memory another way
+    need = 2 * workers * prefetch * chunk * 3 * size * size
+    free = shutil.disk_usage(shm).free
+    if free < need:
+        raise SharedMemoryTooSmall(
+            f"{shm} has {free / 2**20:,.0f} MiB free but {workers} loader workers x {prefetch} prefetched chunks of {chunk} images at {size} px need about {need / 2**20:,.0f} MiB; "
+            f"lower [run] workers or prefetch, or enlarge {shm} (docker run --shm-size=16g)"
+        )
 
 
 def _to_device(x_uint8: torch.Tensor, settings: LoaderSettings) -> torch.Tensor:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 DEFAULT_TEST_FRACTION = 0.2  # a source with no test split: this share of train, stratified, is the test set
+DEFAULT_EVAL_SIZE = 50_000  # ... but at most this many images (big_vision holds out 25,600-50,000 of ImageNet-21k)
 SPLIT_SEED = 0  # such test splits do not follow the run's seed: every run is scored on the same images
 
 
@@ -33,6 +34,7 @@ class SourceOptions:
     root: Optional[str] = None  # torchvision: where the files are (default <cache>/torchvision)
     download: bool = False  # torchvision: fetch the files when root lacks them (needs a network)
     test_fraction: Optional[float] = None  # share of train held out as test when there is no test split
+    eval_size: Optional[int] = None  # ... or this many images (default: the share, at most DEFAULT_EVAL_SIZE)
     dev_fraction: Optional[float] = None  # held-out share of train for learning-rate selection
 
     @classmethod

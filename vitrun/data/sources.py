@@ -1,7 +1,8 @@
 """Real data sources named by a string, ``KIND:TARGET``: parse, check, open; and dev splits.
 
     hf:ID_OR_PATH[:CONFIG]   Hugging Face datasets: hub id or local path     (hf.py)
-    parquet:GLOB             local Parquet files through datasets            (hf.py)
+    wds:GLOB                 WebDataset tar shards, read in place            (sharded.py)
+    parquet:GLOB             Parquet shards, read in place                   (sharded.py)
     arrow:DIR                a Dataset/DatasetDict.save_to_disk folder       (hf.py)
     torchvision:NAME         a torchvision.datasets class, e.g. CIFAR10      (tv.py)
     folder:PATH              a class-per-folder tree of image files          (folder.py)
@@ -20,25 +21,24 @@ a few seconds (never a download, never a hang).
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitrun.data import hf
+from vitrun.data import hf, hub, sharded
 from vitrun.data.imageset import Dataset
 from vitrun.data.lazy import LazyImageSet
-from vitrun.data.options import DEFAULT_TEST_FRACTION, SPLIT_SEED, SourceError, SourceOptions
+from vitrun.data.options import DEFAULT_EVAL_SIZE, DEFAULT_TEST_FRACTION, SPLIT_SEED, SourceError, SourceOptions
 from vitrun.data.sampling import holdout_split
-from vitrun.probe import PROBE_SECONDS
 
 KINDS = {
     "hf": "Hugging Face datasets: hf:<hub id or local path>[:<config>]",
+    "wds": "WebDataset tar shards: wds:<glob>, e.g. wds:'shards/train-*.tar'",
     "parquet": "local Parquet files: parquet:<glob>",
     "arrow": "a save_to_disk folder: arrow:<dir>",
     "torchvision": "a torchvision dataset: torchvision:<Name>, e.g. torchvision:CIFAR10",
     "folder": "a class-per-folder image tree: folder:<path>",
 }
-_DATASETS = frozenset({"hf", "parquet", "arrow"})
+_DATASETS = frozenset({"hf", "parquet", "arrow", "wds"})
 _REAL = frozenset(KINDS)
 # Which kinds each option applies to; an option given to another kind is a recipe error.
 OPTION_KINDS = {
@@ -50,6 +50,7 @@ OPTION_KINDS = {
     "train_split": _REAL,
     "test_split": _REAL,
     "test_fraction": _REAL,
+    "eval_size": _REAL,
     "dev_fraction": _REAL | {"embedded"},
 }
 
@@ -120,12 +121,21 @@ def check(text: str, options: SourceOptions = SourceOptions(), cache_dir: str | 
         from vitrun.data import tv
 
         tv.check(source.target, options, cache_dir)
-    elif source.kind == "parquet":
-        _check_parquet(source, options)
+    elif source.kind in sharded.SHARD_KINDS:
+        sharded.check(source.kind, sharded.local_files(source.kind, source.target), options, str(source))
     elif source.kind == "arrow" or hf.is_saved(Path(source.target).expanduser()):
         _check_arrow(source, options)
     elif source.kind == "hf":
-        _check_hf(source)
+        _check_hf(source, options)
+
+
+def _check_hf(source: Source, options: SourceOptions) -> None:
+    target = source.target
+    if Path(target).expanduser().exists():
+        return  # a local folder of data files: load_dataset reads it at run time
+    if target.startswith(("/", ".", "~")):
+        raise SourceError("data", f"{source}: no such path")
+    hub.check(str(source), target, _with_config(source, options))
 
 
 def open_dataset(text: str, options: SourceOptions = SourceOptions(), cache_dir: str | Path | None = None) -> Dataset:
@@ -140,8 +150,11 @@ def open_dataset(text: str, options: SourceOptions = SourceOptions(), cache_dir:
         train = tv.image_set(tv.open_split(source.target, options, "train", cache_dir), source.target)
         test = tv.image_set(tv.open_split(source.target, options, "test", cache_dir), source.target)
         validation = None
+    elif source.kind in sharded.SHARD_KINDS:
+        files = sharded.local_files(source.kind, source.target)
+        train, test, validation = sharded.open_splits(source.kind, files, options, cache_dir, str(source))
     else:
-        train, test, validation = _open_hf(source, options)
+        train, test, validation = _open_hf(source, options, cache_dir)
     if test is None:
         train, test = _carve_test(train, options)
     if test.classes != train.classes:
@@ -171,7 +184,14 @@ def dev_split(images, fraction: float, seed: int):
 # -- per kind ----------------------------------------------------------------------------
 
 def _carve_test(train: LazyImageSet, options: SourceOptions) -> tuple[LazyImageSet, LazyImageSet]:
-    fraction = options.test_fraction or DEFAULT_TEST_FRACTION
+    """A held-out test set: ``eval_size`` images if given, else ``test_fraction`` of train, at most
+    DEFAULT_EVAL_SIZE images (big_vision holds out 25,600-50,000 images of ImageNet-21k, not 20%)."""
+    if options.eval_size is not None:
+        if options.eval_size >= len(train):
+            raise SourceError("eval_size", f"eval_size {options.eval_size} leaves no training images (the training split has {len(train)})")
+        fraction = options.eval_size / len(train)
+    else:
+        fraction = min(options.test_fraction or DEFAULT_TEST_FRACTION, DEFAULT_EVAL_SIZE / len(train))
     keep, held = holdout_split(train.labels, fraction, SPLIT_SEED)
     return train.subset(keep), train.subset(held)
 
@@ -185,37 +205,50 @@ def _open_folder(source: Source, options: SourceOptions):
     return sets["train"], sets.get("test"), sets.get("validation")
 
 
-def _open_hf(source: Source, options: SourceOptions):
+def _open_hf(source: Source, options: SourceOptions, cache_dir):
+    config = source.config or options.config
+    on_hub = _hub_shards(source.target, config)
+    if on_hub:  # tars or Parquet on the hub: fetched into the HF cache and read there, no Arrow copy
+        kind, names = on_hub
+        files = sharded.split_files(hub.fetch(source.target, names), str(source))
+        return sharded.open_splits(kind, files, options, cache_dir, str(source))
     splits = hf.open_splits(source.kind, source.target, _with_config(source, options))
-    train_name, test_name = hf.pick_splits(splits, options, str(source))
+    train_name = options.train_split or "train"
+    if train_name not in splits:
+        hf.pick_splits(splits, options, str(source))  # raises, naming the splits
     train_ds = splits[train_name]
     image_col, label_col = hf.columns(train_ds.features, options, str(source))
+    unlabelled = {name for name, ds in splits.items() if name != train_name and _all_negative(hf.labels(ds, label_col))}
+    train_name, test_name = hf.pick_splits(splits, options, str(source), unlabelled)
     classes = hf.class_names(train_ds.features, label_col, hf.labels(train_ds, label_col))
 
     def image_set(name):
         return hf.image_set(splits[name], image_col, label_col, classes, str(source))
 
-    validation = "validation" if "validation" in splits and test_name != "validation" and train_name != "validation" else None
+    validation = "validation" if "validation" in splits and "validation" not in (train_name, test_name) and "validation" not in unlabelled else None
     return image_set(train_name), image_set(test_name) if test_name else None, image_set(validation) if validation else None
+
+
+def _all_negative(values) -> bool:
+    return values.dtype.kind in "iu" and len(values) > 0 and values.max() < 0
+
+
+def _hub_shards(target: str, config: str | None):
+    """(kind, file names) when ``target`` is a hub id whose files are tars or Parquet; None when
+    it is a local path, its files are something else, or the hub cannot be listed (then
+    ``load_dataset`` reads its own cache)."""
+    if Path(target).expanduser().exists() or target.startswith(("/", ".", "~")):
+        return None
+    try:
+        return hub.shard_files(target, config)
+    except Exception:  # offline, proxy, gated: load_dataset gives its own message or reads its cache
+        return None
 
 
 def _with_config(source: Source, options: SourceOptions) -> SourceOptions:
     from dataclasses import replace
 
     return replace(options, config=source.config or options.config)
-
-
-def _check_parquet(source: Source, options: SourceOptions) -> None:
-    import datasets
-    import pyarrow.parquet as pq
-
-    files = hf.parquet_files(source.target)
-    try:
-        features = datasets.Features.from_arrow_schema(pq.read_schema(files["train"][0]))
-    except Exception as err:  # pyarrow raises several types for a file that is not Parquet
-        raise SourceError("data", f"{source}: {files['train'][0]} is not a readable Parquet file ({err})") from None
-    hf.pick_splits(dict.fromkeys(files), options, str(source))
-    hf.columns(features, options, str(source))
 
 
 def _check_arrow(source: Source, options: SourceOptions) -> None:
@@ -227,33 +260,3 @@ def _check_arrow(source: Source, options: SourceOptions) -> None:
     hf.columns(splits[train].features, options, str(source))
 
 
-def _check_hf(source: Source) -> None:
-    """A hub id must be in the local HF cache, or the hub must answer quickly."""
-    target = source.target
-    if Path(target).expanduser().exists():
-        return  # a local folder of data files: load_dataset reads it at run time
-    if target.startswith(("/", ".", "~")):
-        raise SourceError("data", f"{source}: no such path")
-    if _in_hf_cache(target):
-        return
-    fix = "set HF_HOME to a cache that has it, or use parquet:PATH / arrow:PATH"
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        raise SourceError("data", f"{source} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {fix}")
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    try:
-        HfApi().dataset_info(target, timeout=PROBE_SECONDS)
-    except RepositoryNotFoundError:
-        raise SourceError("data", f"{source}: no such dataset on the Hugging Face hub (check the id, e.g. hf:uoft-cs/cifar10)") from None
-    except Exception:  # no network, DNS, proxy, timeout: all mean "cannot download here"
-        raise SourceError("data", f"{source} cannot be downloaded here; {fix}") from None
-
-
-def _in_hf_cache(repo_id: str) -> bool:
-    import datasets
-    from huggingface_hub import constants
-
-    hub = Path(constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}"
-    built = Path(datasets.config.HF_DATASETS_CACHE) / repo_id.replace("/", "___")
-    return hub.is_dir() or built.is_dir()
