@@ -98,7 +98,7 @@ class DataFields(Section):
     root: Optional[str] = Field(None, description="torchvision: folder holding the files; default <cache>/torchvision")
     download: bool = Field(False, description="torchvision: download into root when missing (needs a network)")
     test_fraction: Optional[Fraction] = Field(None, description="share of train held out as test when a source has no test split; default 0.2")
-    eval_size: Optional[PositiveInt] = Field(None, description="images held out as test when a source has no test split; default test_fraction of train, at most 50,000")
+    eval_size: Optional[Images] = Field(None, description="images held out as test when a source has no test split; default test_fraction of train, at most 50,000")
     dev_fraction: Optional[Fraction] = Field(None, description="held-out share of train for learning-rate selection; default per dataset")
     crop: Optional[Literal["inception", "resize"]] = Field(None, description="training crop; default inception for pre-training, resize for fine-tuning real images")
 
