@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,12 +103,16 @@ def load_frame(store: Store, experiment: str | None = None) -> pd.DataFrame:
     return frame
 
 
-def unfinished_stages(store: Store, experiment: str) -> list[str]:
-    """Stage directories of `experiment` without a stage.json: started or waiting, not done."""
+def unfinished_stages(store: Store, experiment: str, finished: Iterable[str] = ()) -> list[str]:
+    """Stage directories of `experiment` without a stage.json: started or waiting, not done.
+    `finished`: keys already read from records, so only the other directories are looked into."""
     folder = store.root / experiment
     if not folder.is_dir():
         return []
-    return sorted(p.name for p in folder.iterdir() if _STAGE_DIR.match(p.name) and p.is_dir() and not (p / STAGE_FILE).exists())
+    known = set(finished)
+    with os.scandir(folder) as entries:
+        candidates = [e.name for e in entries if e.name not in known and _STAGE_DIR.match(e.name) and e.is_dir()]
+    return sorted(name for name in candidates if not (folder / name / STAGE_FILE).exists())
 
 
 def default_tables(frame: pd.DataFrame) -> list[TableSpec]:

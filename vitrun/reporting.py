@@ -71,7 +71,7 @@ def build(store: Store, name: str, paper: bool = False) -> ExperimentReport:
     specs = [TableSpec(**t) for t in saved.get("report", {}).get("tables", [])] or report.default_tables(frame)
     tables = report.build_tables(frame, specs)
     cells = [ExpectConfig(**c) for c in _as_list((saved.get("recipe") or {}).get("expect"))]
-    return ExperimentReport(name, frame, tables, paper_table(frame) if paper else None, evaluate(frame, cells), report.unfinished_stages(store, name), saved)
+    return ExperimentReport(name, frame, tables, paper_table(frame) if paper else None, evaluate(frame, cells), report.unfinished_stages(store, name, frame["key"].dropna() if "key" in frame else ()), saved)
 
 
 def render_listing(title: str, frame: pd.DataFrame, notes: list[str], fmt: str) -> str:

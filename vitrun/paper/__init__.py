@@ -45,6 +45,7 @@ _PATTERNS: tuple[tuple[str, str], ...] = (
 )
 
 
+@functools.lru_cache(maxsize=4096)  # a report asks for the same few sources thousands of times
 def paper_dataset(source: str | None) -> str | None:
     """The paper's name for a data source, or None when it is none of the paper's datasets.
 

@@ -37,16 +37,24 @@ def derived_rows(frame: pd.DataFrame) -> pd.DataFrame:
         return frame.iloc[0:0]
     wanted = done["transfer_set"].isin(AVERAGE5) | done["transfer_set"].fillna("").str.startswith("VTAB/")
     done = done[wanted & done["accuracy"].notna()]
-    out = []
-    for _, group in done.groupby(["pretrain_key", "resolution", "seed"], dropna=False):
-        accuracy = dict(zip(group["transfer_set"], group["accuracy"]))
+    if done.empty:
+        return frame.iloc[0:0]
+    keys = ["pretrain_key", "resolution", "seed"]
+    wide = done.pivot_table(index=keys, columns="transfer_set", values="accuracy", aggfunc="mean")  # one row per group
+    found = []
+    for group, accuracy in zip(wide.index, wide.to_dict("records")):
+        accuracy = {k: v for k, v in accuracy.items() if not pd.isna(v)}
         summaries = {name: value for name, (value, _) in vtab({k: v for k, v in accuracy.items() if k.startswith("VTAB/")}).items()}
         if (avg := average5(accuracy)) is not None:
             summaries["average-5"] = avg
-        first = group.iloc[0].to_dict()
-        for name, value in summaries.items():
-            out.append({**first, "key": None, "kind": "summary", "data": name, "transfer_set": name, "accuracy": value})
-    return pd.DataFrame(out) if out else frame.iloc[0:0]
+        found += [(*group, name, value) for name, value in summaries.items()]
+    if not found:
+        return frame.iloc[0:0]
+    summary = pd.DataFrame(found, columns=[*keys, "data", "accuracy"])
+    # every other column (model, pre-training config, costs) from the group's first stage
+    firsts = done.drop_duplicates(keys).drop(columns=["key", "kind", "data", "transfer_set", "accuracy"])
+    out = summary.merge(firsts, on=keys, how="left")
+    return out.assign(key=None, kind="summary", transfer_set=out["data"])
 
 
 def paper_values() -> list[PaperNumber]:
