@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from tests.stage_records import VIT_B16, pretrain_config, smoke_b16, transfer_config, write
-from vitrun import figures
+from vitrun import figures, reporting
 from vitrun.cli import main
 from vitrun.paper.join import add_paper_columns
 from vitrun.paper.join import paper_table
@@ -214,3 +216,30 @@ def test_report_never_imports_torch(tmp_path):
     smoke_b16(Store(tmp_path))
     code = f"import sys; from vitrun.cli import main\ntry:\n    main(['report', '--results', {str(tmp_path)!r}, '--paper', '--format', 'json'])\nexcept SystemExit as e:\n    assert not e.code, e.code\nassert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium from the OS packages (apt-get install chromium)")
+def test_html_page_in_a_headless_browser(tmp_path):
+    """The page loads offline with no console message and shows every table and figure."""
+    store = Store(tmp_path / "results")
+    smoke_b16(store, "e")
+    _all_figures(store)
+    _recipe(store, "e", expect=[{"model": "ViT-B/16", "data": "ImageNet", "target": 80.0, "tolerance": 1.0}])
+    result = _invoke("report", "--results", tmp_path / "results", "--paper", "--format", "html", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    page = tmp_path / "out" / "e" / "report.html"
+    built = reporting.build(store, "e", paper=True)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--enable-logging=stderr", "--v=0", "--dump-dom"]
+    proc = subprocess.run([str(CHROMIUM), *flags, page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
+    dom = proc.stdout
+    captions = re.findall(r"<caption>(.*?)</caption>", dom)
+    expected = [t.name for t in built.tables] + [title for title, _, _ in built.listings()]
+    assert [html.unescape(c) for c in captions] == expected
+    assert dom.count('src="data:image/png;base64,') == 5
