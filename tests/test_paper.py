@@ -9,7 +9,8 @@ import re
 import pytest
 
 from vitrun.paper import AVERAGE5, VTAB_GROUPS, VTAB_TASKS, numbers, paper_dataset, pretrain_compute, section_dataset
-from vitrun.paper.metrics import RealLabelsError, average5, load_real_labels, mean_std, real_accuracy, vtab
+from vitrun.paper.metrics import average5, mean_std, vtab
+from vitrun.paper.real import RealLabelsError, load_predictions, load_real_labels, predictions_bytes, real_accuracy
 
 # Sentences of /work/shared/PAPER.md (the project's transcription of the paper), quoted as they stand.
 PAPER_MD = {
@@ -118,6 +119,8 @@ def test_real_accuracy_on_a_constructed_file(tmp_path):
     assert real_accuracy([3, 2, 9, 6, 5], labels) == pytest.approx(0.75)
     with pytest.raises(RealLabelsError, match="5 ReaL label lists"):
         real_accuracy([3, 2], labels)
+    (tmp_path / "predictions.npy").write_bytes(predictions_bytes([3, 2, 9, 6, 5]))
+    assert load_predictions(tmp_path) == [3, 2, 9, 6, 5] and load_predictions(tmp_path / "none") is None
     path.write_text('{"not": "a list"}')
     with pytest.raises(RealLabelsError, match="real.json"):
         load_real_labels(path)

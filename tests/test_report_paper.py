@@ -243,3 +243,23 @@ def test_html_page_in_a_headless_browser(tmp_path):
     expected = [t.name for t in built.tables] + [title for title, _, _ in built.listings()]
     assert [html.unescape(c) for c in captions] == expected
     assert dom.count('src="data:image/png;base64,') == 5
+
+
+def test_real_scores_imagenet_stages_from_their_predictions(tmp_path):
+    from vitrun.paper.real import PREDICTIONS_FILE, predictions_bytes
+
+    store = Store(tmp_path)
+    smoke_b16(store, "e", accuracies=(0.5,))
+    key = next(p.name for p in (tmp_path / "e").iterdir() if p.name.startswith("finetune"))
+    (tmp_path / "e" / key / PREDICTIONS_FILE).write_bytes(predictions_bytes([1, 2, 3, 4]))
+    real = tmp_path / "real.json"
+    real.write_text(json.dumps([[1], [5], [], [4, 9]]))  # 2 of 3 scored images right
+    doc = json.loads(_invoke("report", "--results", tmp_path, "--real", real, "--format", "json").output)
+    table = doc["tables"][0]
+    assert table["columns"] == ["ImageNet-ReaL", "imagenet"] and table["data"][0][0] == pytest.approx(66.7)
+    real.write_text(json.dumps([[1], [2]]))
+    output = _invoke("report", "--results", tmp_path, "--real", real, "--format", "markdown").output
+    assert f"ImageNet-ReaL not scored for {key}: it has 4 test predictions for 2 ReaL label lists" in output
+    real.write_text("{}")
+    result = _invoke("report", "--results", tmp_path, "--real", real)
+    assert result.exit_code == 2 and "real.json" in result.output

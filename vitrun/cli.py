@@ -113,8 +113,9 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Also write each table (in --format), its PNG figure and the paper-style figures (PNG and SVG) under DIR/<experiment>/.")
 @click.option("--paper", is_flag=True, help="Put the paper's numbers (Tables 2, 5, 6, 8; vitrun/paper/numbers.csv) beside ours where model, pre-training set and dataset match, with the delta.")
 @click.option("--check", is_flag=True, help="Exit 1 when a recipe's [[expect]] cell misses its target ± tolerance or has no result (CI for long runs).")
+@click.option("--real", "real_labels", type=click.Path(dir_okay=False), help="ReaL labels (the public real.json) to score fine-tuned ImageNet stages on ImageNet-ReaL, from the test predictions each keeps; the test split must be the validation set in file-name order.")
 @click.option("--figures", is_flag=True, help="Write the paper-style figures (PNG and SVG) to results/<experiment>/report/ (--out and --format html write them anyway).")
-def report_cmd(results, experiment, fmt, out_dir, paper, check, figures):
+def report_cmd(results, experiment, fmt, out_dir, paper, check, real_labels, figures):
     """Rebuild the tables (and figures) of finished stages under --results.
 
     Each experiment's tables come from its recipe's [report] section; an experiment
@@ -131,7 +132,15 @@ def report_cmd(results, experiment, fmt, out_dir, paper, check, figures):
         _fail(f"{results}: no finished stages for experiment {experiment!r} (experiments: {hint})")
     if not names:
         _fail(f"{results}: no results yet; run a recipe first, e.g. `vitrun recipe quickstart`")
-    failures = _print_report(store, names, fmt, out_dir, _console(), paper=paper, figures=figures)
+    real = None
+    if real_labels:
+        from vitrun.paper.real import RealLabelsError, load_real_labels
+
+        try:
+            real = load_real_labels(real_labels)
+        except RealLabelsError as err:
+            _fail(f"--real {err}")
+    failures = _print_report(store, names, fmt, out_dir, _console(), paper=paper, figures=figures, real=real)
     if check and failures:
         for name, outcome in failures:
             click.echo(f"check failed: {name}: {outcome.describe()}", err=True)
@@ -367,7 +376,7 @@ def _plan_table(experiment: str, stages, store, swept=()):
     return table
 
 
-def _print_report(store, experiments, fmt, out_dir, console, paper=False, figures=False) -> list:
+def _print_report(store, experiments, fmt, out_dir, console, paper=False, figures=False, real=None) -> list:
     """Print (and with out_dir write) each experiment's report; returns the [[expect]] cells
     that miss, as (experiment, outcome)."""
     import json
@@ -379,7 +388,7 @@ def _print_report(store, experiments, fmt, out_dir, console, paper=False, figure
     documents, failures = [], []
     for name in experiments:
         try:
-            built = reporting.build(store, name, paper=paper)
+            built = reporting.build(store, name, paper=paper, real=real)
         except report.ReportError as err:
             _fail(f"{(store.recipe(name) or {}).get('path', name)}: {err}")
         except ValidationError as err:

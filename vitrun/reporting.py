@@ -10,7 +10,7 @@ import pandas as pd
 
 from vitrun import report
 from vitrun.expect import Outcome, evaluate, outcome_frame
-from vitrun.paper.join import add_paper_columns, paper_table
+from vitrun.paper.join import add_paper_columns, add_real, paper_table
 from vitrun.schema import ExpectConfig, TableSpec
 from vitrun.store import Store
 
@@ -27,6 +27,7 @@ class ExperimentReport:
     outcomes: list[Outcome]
     unfinished: list[str]
     recipe: dict[str, Any] = field(default_factory=dict)  # recipe.json: name, path, recipe, report
+    real_notes: list[str] = field(default_factory=list)  # ImageNet stages --real could not score
 
     def listings(self) -> list[tuple[str, pd.DataFrame, list[str]]]:
         """Tables that are lists of cells rather than pivots: (title, frame, notes)."""
@@ -42,9 +43,9 @@ class ExperimentReport:
     def notes(self) -> list[str]:
         """Experiment-level lines under the tables."""
         if not self.unfinished:
-            return []
+            return list(self.real_notes)
         shown = ", ".join(self.unfinished[:5]) + (" …" if len(self.unfinished) > 5 else "")
-        return [f"{len(self.unfinished)} unfinished stage{'s' if len(self.unfinished) > 1 else ''} (no stage.json yet, not in the tables): {shown}"]
+        return [f"{len(self.unfinished)} unfinished stage{'s' if len(self.unfinished) > 1 else ''} (no stage.json yet, not in the tables): {shown}", *self.real_notes]
 
     def failures(self) -> list[Outcome]:
         return [o for o in self.outcomes if not o.passed]
@@ -64,14 +65,18 @@ class ExperimentReport:
         return report.to_json(self.name, self.tables, extra)
 
 
-def build(store: Store, name: str, paper: bool = False) -> ExperimentReport:
-    """Raises report.ReportError (a table names an unknown column) or ValueError (a bad [[expect]])."""
-    frame = add_paper_columns(report.load_frame(store, name))
+def build(store: Store, name: str, paper: bool = False, real: list[list[int]] | None = None) -> ExperimentReport:
+    """`real`: ReaL labels (`vitrun.paper.real.load_real_labels`) to score ImageNet stages with.
+    Raises report.ReportError (a table names an unknown column) or ValueError (a bad [[expect]])."""
+    frame, real_notes = report.load_frame(store, name), []
+    if real is not None:
+        frame, real_notes = add_real(frame, store.root / name, real)
+    frame = add_paper_columns(frame)
     saved = store.recipe(name) or {}
     specs = [TableSpec(**t) for t in saved.get("report", {}).get("tables", [])] or report.default_tables(frame)
     tables = report.build_tables(frame, specs)
     cells = [ExpectConfig(**c) for c in _as_list((saved.get("recipe") or {}).get("expect"))]
-    return ExperimentReport(name, frame, tables, paper_table(frame) if paper else None, evaluate(frame, cells), report.unfinished_stages(store, name, frame["key"].dropna() if "key" in frame else ()), saved)
+    return ExperimentReport(name, frame, tables, paper_table(frame) if paper else None, evaluate(frame, cells), report.unfinished_stages(store, name, frame["key"].dropna() if "key" in frame else ()), saved, real_notes)
 
 
 def render_listing(title: str, frame: pd.DataFrame, notes: list[str], fmt: str) -> str:

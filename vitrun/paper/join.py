@@ -4,12 +4,14 @@ axis, and the join of our cells with `numbers.csv`."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from vitrun.paper import AVERAGE5, CONDITION_DEFAULTS, PaperNumber, numbers, pretrain_compute
 from vitrun.paper.metrics import average5, mean_std, vtab
+from vitrun.paper.real import load_predictions, real_accuracy
 
 PAPER_COLUMNS = ["model", "pre-training", "dataset", "kind", "resolution", "ours", "std", "n", "paper", "delta", "source"]
 
@@ -26,6 +28,23 @@ def add_paper_columns(frame: pd.DataFrame) -> pd.DataFrame:
     frame["paper_exaflops"] = [cost[k].get("exaflops", math.nan) for k in keys]
     frame["paper_core_days"] = [cost[k].get("core_days", math.nan) for k in keys]
     return frame
+
+
+def add_real(frame: pd.DataFrame, experiment_dir: Path, real: list[list[int]]) -> tuple[pd.DataFrame, list[str]]:
+    """An "ImageNet-ReaL" fine-tuning row beside each finished ImageNet one whose stage kept
+    test predictions covering the ReaL labels (the validation set, in file-name order), and a
+    note for each that could not be scored."""
+    if frame.empty or "transfer_set" not in frame:
+        return frame, []
+    rows, notes = [], []
+    for row in frame[(frame["kind"] == "finetune") & (frame["status"] == "done") & (frame["transfer_set"] == "ImageNet")].to_dict("records"):
+        predicted = load_predictions(experiment_dir / str(row["key"]))
+        if predicted is None or len(predicted) != len(real):
+            why = "kept no predictions.npy" if predicted is None else f"has {len(predicted)} test predictions for {len(real)} ReaL label lists"
+            notes.append(f"ImageNet-ReaL not scored for {row['key']}: it {why}")
+            continue
+        rows.append({**row, "key": None, "data": "ImageNet-ReaL", "transfer_set": "ImageNet-ReaL", "accuracy": real_accuracy(predicted, real)})
+    return (pd.concat([frame, pd.DataFrame(rows)], ignore_index=True) if rows else frame), notes
 
 
 def derived_rows(frame: pd.DataFrame) -> pd.DataFrame:

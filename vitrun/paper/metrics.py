@@ -1,18 +1,12 @@
-"""The paper's summary metrics, as plain arithmetic: average-5, VTAB-1k groups, ImageNet-ReaL,
-and mean ± std over seeds."""
+"""The paper's summary metrics, as plain arithmetic: average-5, VTAB-1k groups, and mean ±
+std over seeds (ImageNet-ReaL is in `vitrun.paper.real`)."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Mapping, Sequence
 
 from vitrun.paper import AVERAGE5, VTAB_GROUPS
-
-
-class RealLabelsError(ValueError):
-    """A ReaL labels file that is not the public real.json format."""
 
 
 def average5(accuracy: Mapping[str, float]) -> float | None:
@@ -43,29 +37,6 @@ def vtab(accuracy: Mapping[str, float]) -> dict[str, tuple[float, int]]:
     if len(present_all) == total:
         out["VTAB-1k"] = (sum(present_all) / total, total)
     return out
-
-
-def load_real_labels(path: str | Path) -> list[list[int]]:
-    """The public `real.json` (Beyer et al. 2020): one list of correct labels per ImageNet
-    validation image, in file-name order (ILSVRC2012_val_00000001 first)."""
-    try:
-        labels = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise RealLabelsError(f"{path}: cannot read ReaL labels ({err}); expected a JSON list of label lists, as real.json") from None
-    if not isinstance(labels, list) or not all(isinstance(x, list) and all(isinstance(y, int) for y in x) for x in labels):
-        raise RealLabelsError(f"{path}: expected a JSON list with one list of integer labels per validation image, as real.json")
-    return labels
-
-
-def real_accuracy(predictions: Sequence[int], real: Sequence[Sequence[int]]) -> float:
-    """ImageNet-ReaL accuracy: a prediction is right when it is one of the image's ReaL labels;
-    images whose list is empty (no label the raters agreed on) are left out, as in the paper."""
-    if len(predictions) != len(real):
-        raise RealLabelsError(f"{len(predictions)} predictions for {len(real)} ReaL label lists; both must cover the whole validation set in order")
-    scored = [(p, labels) for p, labels in zip(predictions, real) if labels]
-    if not scored:
-        raise RealLabelsError("every ReaL label list is empty: nothing to score")
-    return sum(int(p) in labels for p, labels in scored) / len(scored)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
