@@ -213,13 +213,20 @@ def _as_list(value: str | list[str]) -> list[str]:
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"name": …}} → {"model.name": …}; lists become their text (one cell each).
+    Written flat for the two levels configs have: a report flattens thousands of them."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
+        name = prefix + key
+        if value.__class__ is dict:
+            for inner, leaf in value.items():
+                cls = leaf.__class__
+                if cls is dict:
+                    out.update(_flatten(leaf, f"{name}.{inner}."))
+                else:
+                    out[f"{name}.{inner}"] = str(leaf) if cls is list else leaf
         else:
-            out[name] = str(value) if isinstance(value, list) else value
+            out[name] = str(value) if value.__class__ is list else value
     return out
 
 
