@@ -141,3 +141,15 @@ def test_errors_quote_toml_tables_verbatim(write_recipe):
     proc = subprocess.run([sys.executable, "-m", "vitrun.cli", "validate", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "[finetune] and [fewshot] need at least one [[transfer]] dataset" in proc.stderr
+
+
+def test_finetune_keeps_its_test_predictions(finished_run):
+    """For metrics from other labels later (ImageNet-ReaL: `vitrun report --real`)."""
+    from vitrun.paper.real import load_predictions
+
+    _, results, _ = finished_run
+    folder = next(iter((results / "tiny").glob("finetune-*/stage.json"))).parent
+    predicted = load_predictions(folder)
+    record = json.loads((folder / "stage.json").read_text())
+    assert predicted and all(isinstance(p, int) for p in predicted)
+    assert record["metrics"]["accuracy"] * len(predicted) == pytest.approx(round(record["metrics"]["accuracy"] * len(predicted)))

@@ -117,14 +117,20 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast)
 @main.command("report")
 @results_option
 @click.option("--experiment", help="Only this experiment (a folder under --results). Default: every experiment.")
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "latex", "json"]), default="table", show_default=True, help="table: rich tables in the terminal; json: {experiment, tables: [{name, index, columns, data}]}.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Also write each table (in --format) and a PNG figure of it under DIR/<experiment>/.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "latex", "json", "html"]), default="table", show_default=True, help="table: rich tables in the terminal; json: {experiment, tables: [{name, index, columns, data, std, n, status, notes}], paper, expect, unfinished}; html: one self-contained page per experiment (tables, figures, recipe, versions, devices) written to --out, else results/<experiment>/report/.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Also write each table (in --format), its PNG figure and the paper-style figures (PNG and SVG) under DIR/<experiment>/.")
+@click.option("--paper", is_flag=True, help="Put the paper's numbers (Tables 2, 5, 6, 8; vitrun/paper/numbers.csv) beside ours where model, pre-training set and dataset match, with the delta.")
+@click.option("--check", is_flag=True, help="Exit 1 when a recipe's [[expect]] cell misses its target ± tolerance or has no result (CI for long runs).")
+@click.option("--real", "real_labels", type=click.Path(dir_okay=False), help="ReaL labels (the public real.json) to score fine-tuned ImageNet stages on ImageNet-ReaL, from the test predictions each keeps; the test split must be the validation set in file-name order.")
+@click.option("--figures", is_flag=True, help="Write the paper-style figures (PNG and SVG) to results/<experiment>/report/ (--out and --format html write them anyway).")
 @click.option("--allow-missing", is_flag=True, help="Exit 0 even when some stage records cannot be read or verified (they are still listed under the tables).")
-def report_cmd(results, experiment, fmt, out_dir, allow_missing):
+def report_cmd(results, experiment, fmt, out_dir, paper, check, real_labels, figures, allow_missing):
     """Rebuild the tables (and figures) of finished stages under --results.
 
     Each experiment's tables come from its recipe's [report] section; an experiment
     without one gets mean accuracy per model and pre-training size for each stage kind.
+    Means are over seeds (± std, n); failed, diverged and unfinished stages are counted
+    under the tables, never averaged in.
     """
     from vitrun.store import Store
 
@@ -135,7 +141,19 @@ def report_cmd(results, experiment, fmt, out_dir, allow_missing):
         _fail(f"{results}: no finished stages for experiment {experiment!r} (experiments: {hint})")
     if not names:
         _fail(f"{results}: no results yet; run a recipe first, e.g. `vitrun recipe quickstart`")
-    _print_report(store, names, fmt, out_dir, _console(), allow_missing)
+    real = None
+    if real_labels:
+        from vitrun.paper.real import RealLabelsError, load_real_labels
+
+        try:
+            real = load_real_labels(real_labels)
+        except RealLabelsError as err:
+            _fail(f"--real {err}")
+    failures = _print_report(store, names, fmt, out_dir, _console(), paper=paper, figures=figures, real=real, allow_missing=allow_missing)
+    if check and failures:
+        for name, outcome in failures:
+            click.echo(f"check failed: {name}: {outcome.describe()}", err=True)
+        raise SystemExit(1)
 
 
 @main.command("ls")
@@ -416,34 +434,46 @@ def _plan_table(experiment: str, stages, store, swept=()):
     return table
 
 
-def _print_report(store, experiments, fmt, out_dir, console, allow_missing: bool = False) -> None:
+def _print_report(store, experiments, fmt, out_dir, console, paper=False, figures=False, real=None, allow_missing=False) -> list:
+    """Print (and with out_dir write) each experiment's report; returns the [[expect]] cells
+    that miss, as (experiment, outcome)."""
     import json
 
-    from vitrun import report
-    from vitrun.schema import TableSpec
+    from pydantic import ValidationError
 
-    documents = []
+    from vitrun import report, reporting
+
+    documents, failures = [], []
     problems = [p for name in experiments for p in store.scan(name).problems]
     for name in experiments:
-        frame = report.load_frame(store, name)
-        saved = store.recipe(name) or {}
-        specs = [TableSpec(**t) for t in saved.get("report", {}).get("tables", [])] or report.default_tables(frame)
         try:
-            tables = report.build_tables(frame, specs)
+            built = reporting.build(store, name, paper=paper, real=real)
         except report.ReportError as err:
-            _fail(f"{saved.get('path', name)}: {err}")
-        documents.append(report.to_json(name, tables))
+            _fail(f"{(store.recipe(name) or {}).get('path', name)}: {err}")
+        except ValidationError as err:
+            first = err.errors()[0]
+            _fail(f"{(store.recipe(name) or {}).get('path', name)}: expect.{'.'.join(map(str, first['loc']))}: {first['msg']}")
+        failures += [(name, o) for o in built.failures()]
+        documents.append(built.document())
+        listings = built.listings()
         if fmt == "table":
             console.print(f"[bold]{name}[/bold]" if len(experiments) > 1 else "")
-            for table in tables:
+            for table in built.tables:
                 console.print(report.rich_table(table))
-        elif fmt != "json":
-            click.echo("\n".join(report.render_text(t, fmt) for t in tables))
-        if out_dir:
-            _write_outputs(Path(out_dir) / name, tables, fmt, documents[-1])
+            for title, frame, notes in listings:
+                console.print(reporting.rich_listing(title, frame, notes))
+            for note in built.notes():
+                console.print(f"[yellow]{note}[/yellow]")
+        elif fmt not in ("json", "html"):
+            texts = [report.render_text(t, fmt) for t in built.tables] + [reporting.render_listing(*item, fmt) for item in listings]
+            click.echo("\n".join(texts + built.notes()))
+        folder = Path(out_dir) / name if out_dir else None
+        if fmt == "html" or figures or folder:
+            _write_outputs(folder or store.root / name / "report", built, fmt, tables=folder is not None, experiment_dir=store.root / name)
     if fmt == "json":
         click.echo(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
     _report_problems(problems, allow_missing)
+    return failures
 
 
 def _report_problems(problems, allow_missing: bool) -> None:
@@ -461,24 +491,30 @@ def _report_problems(problems, allow_missing: bool) -> None:
         _fail("the tables above lack these stages; re-run the recipe, or pass --allow-missing to accept them as they are", EXIT_FAILED)
 
 
-def _write_outputs(folder: Path, tables, fmt, document) -> None:
+def _write_outputs(folder: Path, built, fmt, tables: bool, experiment_dir: Path) -> None:
+    """The paper-style figures; the HTML page (--format html); with `tables` (--out) every
+    table in `fmt` with a PNG of it."""
     import json
 
-    from vitrun import report
+    from vitrun import figures, html_page, report
     from vitrun.store import write_atomic
 
-    for table in tables:
-        stem = folder / report.slug(table.name)
-        if fmt == "json":
-            text = json.dumps(report.to_json(document["experiment"], [table]), indent=2)
-        elif fmt == "table":
-            text = table.frame.to_string()
-        else:
-            text = report.render_text(table, fmt)
-        write_atomic(stem.with_suffix("." + report.EXTENSIONS[fmt]), text.encode())
-        report.save_figure(table, stem.with_suffix(".png"))
+    written = []
+    drawn = figures.draw_all(built.frame, folder, paper=built.paper is not None)
+    if fmt == "html":
+        page = folder / "report.html"
+        write_atomic(page, html_page.render(built, drawn, experiment_dir).encode())
+        written.append(f"page {page}")
+    elif tables:
+        for table in built.tables:
+            stem = folder / report.slug(table.name)
+            text = json.dumps(report.to_json(built.name, [table]), indent=2) if fmt == "json" else report.render_text(table, fmt)
+            write_atomic(stem.with_suffix("." + report.EXTENSIONS[fmt]), text.encode())
+            report.save_figure(table, stem.with_suffix(".png"))
+        written.append(f"{len(built.tables)} tables (.{report.EXTENSIONS[fmt]}) with a figure each (.png)")
+    written.append(f"{len(drawn)} paper-style figures (.png, .svg)")
     # stderr: stdout may be carrying --format json to another program
-    _console(stderr=True).print(f"[dim]wrote {len(tables)} tables (.{report.EXTENSIONS[fmt]}) and figures (.png) to {folder}[/dim]")
+    _console(stderr=True).print(f"[dim]wrote {', '.join(written)} to {folder}[/dim]")
 
 
 if __name__ == "__main__":

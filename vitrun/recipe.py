@@ -310,8 +310,8 @@ def _fields_at(loc: list[str]) -> list[str]:
 def _unknown_path(parts: list[str]) -> str:
     """Why a dotted sweep key names nothing in the schema ('' when it is fine)."""
     top = parts[0]
-    if top not in Recipe.model_fields or top in ("sweep", "report", "run"):
-        valid = [k for k in Recipe.model_fields if k not in ("report", "run", "transfer")]
+    if top not in Recipe.model_fields or top in ("sweep", "report", "run", "expect"):
+        valid = [k for k in Recipe.model_fields if k not in ("report", "run", "transfer", "expect")]
         return f"unknown key{_suggest(top, valid)}"
     section = _section_types().get(top)
     if section is None:

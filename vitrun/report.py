@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +13,13 @@ from typing import Any, Iterable
 import pandas as pd
 
 from vitrun.schema import TableSpec
-from vitrun.store import Store
+from vitrun.store import STAGE_FILE, Store
 
 FORMATS = ("table", "markdown", "csv", "latex", "json")
 EXTENSIONS = {"markdown": "md", "csv": "csv", "latex": "tex", "json": "json", "table": "txt"}
+
+
+_STAGE_DIR = re.compile(r"^[a-z_]+-[0-9a-f]{12}$")  # a stage key; report/ and analysis/ are not stages
 
 
 class ReportError(Exception):
@@ -24,43 +28,106 @@ class ReportError(Exception):
 
 @dataclass(frozen=True)
 class Table:
+    """A pivot: `frame` the aggregate (scaled, rounded); for a mean, `std` and `count` are the
+    standard deviation over seeds and the seeds per cell; `status` names the cells that have
+    no finished value but failed, diverged stages; `notes` go under the table."""
+
     name: str
     frame: pd.DataFrame  # pivoted, scaled and rounded
     spec: TableSpec
+    std: pd.DataFrame | None = None
+    count: pd.DataFrame | None = None
+    status: pd.DataFrame | None = None
+    notes: tuple[str, ...] = ()
+
+    def cell(self, index: Any, column: Any) -> str:
+        """One cell as shown: "61.0 ± 1.0", "61.0 (n=2)" when seeds differ by cell, a status, or "–"."""
+        value = self.frame.at[index, column]
+        if pd.isna(value):
+            status = self.status.at[index, column] if self.status is not None and index in self.status.index and column in self.status.columns else None
+            return str(status) if isinstance(status, str) else "–"
+        text = f"{value:.{self.spec.digits}f}"
+        if self.std is not None:
+            std = self.std.at[index, column]
+            if not pd.isna(std):
+                text += f" ± {std:.{self.spec.digits}f}"
+            if not self._uniform_count():
+                text += f" (n={int(self.count.at[index, column])})"
+        return text
+
+    def display(self) -> pd.DataFrame:
+        """The table as strings, cell by cell."""
+        return pd.DataFrame([[self.cell(i, c) for c in self.frame.columns] for i in self.frame.index], index=self.frame.index, columns=self.frame.columns)
+
+    def _uniform_count(self) -> bool:
+        counts = set(self.count.stack().astype(int)) - {0} if self.count is not None else set()
+        return len(counts) <= 1
 
 
 def load_frame(store: Store, experiment: str | None = None) -> pd.DataFrame:
-    """One row per finished stage: dotted config columns, metrics, cost.
+    """One row per recorded stage: dotted config columns, metrics, cost, status.
 
-    Short aliases sit beside the dotted columns: `model` (model.name) and `data` (the
-    transfer dataset of transfer stages, the pre-training source of pre-training stages).
+    Short aliases sit beside the dotted columns: `model` (model.name), `data` (the
+    transfer dataset of transfer stages, the pre-training source of pre-training stages),
+    `status` ("done", or "failed"/"diverged" as the record says), `resolution` (the
+    stage's image size), `pretrain_set` and `transfer_set` (the paper's dataset names
+    where a source is one, see `vitrun.paper.paper_dataset`), `pretrain_key` (the
+    pre-training a transfer stage starts from) and `pretrain_exaflops` (that
+    pre-training's training FLOPs / 1e18, the compute axis of Figure 5).
     """
+    from vitrun.paper import section_dataset
+
     rows = []
     for record in store.records(experiment):
         config = record.get("config", {})
-        row: dict[str, Any] = {"experiment": record.get("experiment"), "key": record.get("key"), "kind": record.get("kind")}
+        row: dict[str, Any] = {"experiment": record.get("experiment"), "key": record.get("key"), "kind": record.get("kind"), "status": record.get("status") or "done"}
         row.update(_flatten(config))
         row["model"] = config.get("model", {}).get("name")
+        pretrain = config.get("pretrain") or {}
         transfer = config.get("transfer") or {}
-        row["data"] = transfer.get("name") or transfer.get("data") or config.get("pretrain", {}).get("data")
-        row.update({k: v for k, v in record.get("metrics", {}).items() if not isinstance(v, (list, dict))})
+        row["data"] = transfer.get("name") or transfer.get("data") or pretrain.get("data")
+        section = config.get("finetune") if record.get("kind") in ("finetune", "finetune_dev") else None
+        row["resolution"] = (section or {}).get("image_size") or pretrain.get("image_size")
+        row["pretrain_set"] = section_dataset(pretrain) or pretrain.get("data")
+        row["transfer_set"] = section_dataset(transfer)
+        parents = record.get("parents") or []
+        row["pretrain_key"] = record.get("key") if record.get("kind") == "pretrain" else (parents[0] if parents else None)
+        row.update({k: v for k, v in (record.get("metrics") or {}).items() if not isinstance(v, (list, dict))})
         row.update({"wall_time_s": record.get("wall_time_s"), "flops": record.get("flops"), "device": record.get("device")})
+        row["versions"] = " ".join(f"{k} {v}" for k, v in sorted((record.get("versions") or {}).items())) or None
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        pretrain_flops = frame[frame["kind"] == "pretrain"].set_index("key")["flops"]
+        frame["pretrain_exaflops"] = pd.to_numeric(frame["pretrain_key"].map(pretrain_flops), errors="coerce") / 1e18
+    return frame
+
+
+def unfinished_stages(store: Store, experiment: str, finished: Iterable[str] = ()) -> list[str]:
+    """Stage directories of `experiment` without a stage.json: started or waiting, not done.
+    `finished`: keys already read from records, so only the other directories are looked into."""
+    folder = store.root / experiment
+    if not folder.is_dir():
+        return []
+    known = set(finished)
+    with os.scandir(folder) as entries:
+        candidates = [e.name for e in entries if e.name not in known and _STAGE_DIR.match(e.name) and e.is_dir()]
+    return sorted(name for name in candidates if not (folder / name / STAGE_FILE).exists())
 
 
 def default_tables(frame: pd.DataFrame) -> list[TableSpec]:
     """Accuracy per model and pre-training size for each stage kind present; per model and
     dataset where no stage has a size (pivoting on an all-empty column would show nothing)."""
     specs = []
-    for kind in ("finetune", "fewshot", "pretrain"):
+    for kind in ("finetune", "fewshot", "pretrain", "summary"):
         rows = frame[frame["kind"] == kind] if not frame.empty else frame
         if rows.empty:
             continue
         by_size = "pretrain.size" in rows and rows["pretrain.size"].notna().any()
         over = "transfer datasets" if by_size else "seeds"
-        names = {"finetune": f"Fine-tuning accuracy (%), mean over {over}", "fewshot": f"Few-shot linear accuracy (%), mean over {over} and shots", "pretrain": "Pre-training test accuracy (%)"}
-        specs.append(TableSpec(name=names[kind], kind=kind, columns="pretrain.size" if by_size else "data"))
+        names = {"finetune": f"Fine-tuning accuracy (%), mean over {over}", "fewshot": f"Few-shot linear accuracy (%), mean over {over} and shots", "pretrain": "Pre-training test accuracy (%)", "summary": "The paper's summaries of fine-tuning accuracy (%): average-5, VTAB-1k"}
+        columns = "data" if kind == "summary" else "pretrain.size" if by_size else "data"
+        specs.append(TableSpec(name=names[kind], kind=kind, rows=["model", "pretrain.size"] if kind == "summary" and by_size else "model", columns=columns))
     return specs
 
 
@@ -72,13 +139,15 @@ def build_tables(frame: pd.DataFrame, specs: Iterable[TableSpec]) -> list[Table]
             continue
         if spec.per:
             for value, group in selected.groupby(spec.per, sort=True):
-                tables.append(Table(f"{spec.name} — {spec.per} = {value}", _pivot(group, spec), spec))
+                tables.append(_pivot(f"{spec.name} — {spec.per} = {value}", group, spec))
         else:
-            tables.append(Table(spec.name, _pivot(selected, spec), spec))
+            tables.append(_pivot(spec.name, selected, spec))
     return tables
 
 
 def _select(frame: pd.DataFrame, spec: TableSpec, index: int) -> pd.DataFrame:
+    """The rows a table draws on: finished ones with a value, and failed or diverged ones
+    (shown as such, never averaged in)."""
     if frame.empty:
         return frame
     selected = frame[frame["kind"] == spec.kind] if spec.kind else frame
@@ -89,14 +158,46 @@ def _select(frame: pd.DataFrame, spec: TableSpec, index: int) -> pd.DataFrame:
     names = [*_as_list(spec.rows), *_as_list(spec.columns), spec.values] + ([spec.per] if spec.per else [])
     for name in names:
         _check_column(frame, name, f"report.tables[{index}]")
-    return selected.dropna(subset=[spec.values])
+    return selected[(selected["status"] != "done") | selected[spec.values].notna()]
 
 
-def _pivot(frame: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
-    table = frame.pivot_table(index=_as_list(spec.rows), columns=_as_list(spec.columns), values=spec.values, aggfunc=spec.aggregate)
+def _pivot(name: str, frame: pd.DataFrame, spec: TableSpec) -> Table:
+    """Aggregate each cell. A mean is taken over seeds *of per-seed values* (each seed first
+    averaged over whatever else the cell spans, e.g. datasets), so std and n are over seeds."""
+    rows, columns = _as_list(spec.rows), _as_list(spec.columns)
+    by = rows + columns
+    done = frame[(frame["status"] == "done") & frame[spec.values].notna()]
+    std = count = None
+    if done.empty:
+        mean = pd.Series(dtype=float, index=pd.MultiIndex.from_tuples([], names=by) if len(by) > 1 else pd.Index([], name=by[0]))
+    elif spec.aggregate == "mean" and "seed" in done.columns and "seed" not in by:
+        per_seed = done.groupby(by + ["seed"])[spec.values].mean()
+        grouped = per_seed.groupby(level=list(range(len(by))))
+        mean, std, count = grouped.mean(), grouped.std(ddof=1), grouped.count()
+    else:
+        mean = done.groupby(by)[spec.values].agg(spec.aggregate)
+    failed = frame[frame["status"] != "done"]
+    status = failed.groupby(by)["status"].agg(lambda s: ", ".join(sorted(set(s)))) if not failed.empty else None
+    index = mean.index.union(status.index) if status is not None else mean.index
+    shape = lambda series: _unstack(series.reindex(index), columns)  # noqa: E731
+    table = shape(mean)
     if spec.aggregate != "count":
         table = (table * spec.scale).round(spec.digits)
-    table.columns.name = " / ".join(_as_list(spec.columns))
+    std = (shape(std) * spec.scale).round(spec.digits) if std is not None else None
+    count = shape(count).fillna(0) if count is not None else None
+    status_frame = shape(status).reindex_like(table) if status is not None else None
+    notes = []
+    if count is not None and (counts := sorted(set(count.stack().astype(int)) - {0})):
+        notes.append(f"mean ± std over seeds (n = {counts[0]} per cell)" if len(counts) == 1 else "mean ± std over seeds (n per cell in brackets)")
+    if not failed.empty:
+        tally = failed["status"].value_counts()
+        notes.append("not averaged in: " + ", ".join(f"{n} {s}" for s, n in sorted(tally.items())) + f" stage{'s' if len(failed) > 1 else ''}")
+    return Table(name, table, spec, std, count, status_frame, tuple(notes))
+
+
+def _unstack(series: pd.Series, columns: list[str]) -> pd.DataFrame:
+    table = series.unstack(columns) if len(series.index.names) > len(columns) else series.to_frame().T
+    table.columns.name = " / ".join(columns)
     return table
 
 
@@ -112,42 +213,71 @@ def _as_list(value: str | list[str]) -> list[str]:
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"name": …}} → {"model.name": …}; lists become their text (one cell each).
+    Written flat for the two levels configs have: a report flattens thousands of them."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
+        name = prefix + key
+        if value.__class__ is dict:
+            for inner, leaf in value.items():
+                cls = leaf.__class__
+                if cls is dict:
+                    out.update(_flatten(leaf, f"{name}.{inner}."))
+                else:
+                    out[f"{name}.{inner}"] = str(leaf) if cls is list else leaf
         else:
-            out[name] = str(value) if isinstance(value, list) else value
+            out[name] = str(value) if value.__class__ is list else value
     return out
 
 
 # -- rendering -------------------------------------------------------------------------
 
-def to_json(experiment: str, tables: list[Table]) -> dict[str, Any]:
+def to_json(experiment: str, tables: list[Table], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{experiment, tables: [{name, index, columns, data, std, n, status, notes}], …extra}; NaN → null."""
     out = []
     for table in tables:
-        split = json.loads(table.frame.to_json(orient="split"))  # NaN → null, numpy → plain numbers
-        out.append({"name": table.name, "index": split["index"], "columns": split["columns"], "data": split["data"]})
-    return {"experiment": experiment, "tables": out}
+        entry = {"name": table.name, **_split(table.frame)}
+        for key, frame in (("std", table.std), ("n", table.count), ("status", table.status)):
+            if frame is not None:
+                entry[key] = _split(frame)["data"]
+        entry["notes"] = list(table.notes)
+        out.append(entry)
+    return {"experiment": experiment, "tables": out, **(extra or {})}
+
+
+def _split(frame: pd.DataFrame) -> dict[str, Any]:
+    split = json.loads(frame.to_json(orient="split"))  # NaN → null, numpy → plain numbers
+    return {"index": split["index"], "columns": split["columns"], "data": split["data"]}
 
 
 def render_text(table: Table, fmt: str) -> str:
-    frame = table.frame
+    shown = table.display()
+    notes = "".join(f"\n{note}" for note in table.notes)
     if fmt == "markdown":
-        return f"### {table.name}\n\n{frame.to_markdown()}\n"
+        return f"### {table.name}\n\n{shown.to_markdown()}\n" + ("\n" + "  \n".join(table.notes) + "\n" if table.notes else "")
     if fmt == "csv":
-        return frame.to_csv()
+        return to_csv(table)
     if fmt == "latex":
-        return frame.to_latex(caption=table.name, float_format=f"%.{table.spec.digits}f")
+        return shown.to_latex(caption=table.name + ("; " + "; ".join(table.notes) if table.notes else ""))
+    if fmt == "table":
+        return shown.to_string() + notes + "\n"
     raise ValueError(f"unknown format {fmt!r}")
+
+
+def to_csv(table: Table) -> str:
+    """Machine-readable: the aggregate per column, then `<column> std` and `<column> n` when a mean over seeds."""
+    parts = [table.frame]
+    if table.std is not None and table.count is not None:
+        label = lambda suffix: [f"{' '.join(map(str, c)) if isinstance(c, tuple) else c} {suffix}" for c in table.frame.columns]  # noqa: E731
+        parts += [table.std.set_axis(label("std"), axis=1), table.count.set_axis(label("n"), axis=1)]
+    return pd.concat(parts, axis=1).to_csv()
 
 
 def rich_table(table: Table):
     from rich.table import Table as RichTable
 
     frame = table.frame
-    out = RichTable(title=table.name, title_justify="left", header_style="bold")
+    out = RichTable(title=table.name, title_justify="left", header_style="bold", caption="\n".join(table.notes) or None, caption_justify="left")
     index_names = [str(n) for n in frame.index.names]
     for name in index_names:
         out.add_column(name, style="cyan")
@@ -158,7 +288,7 @@ def rich_table(table: Table):
     for index, row in frame.iterrows():
         cells = [str(i) for i in (index if isinstance(index, tuple) else (index,))]
         for column, value in row.items():
-            text = "–" if pd.isna(value) else f"{value:.{table.spec.digits}f}"
+            text = table.cell(index, column)
             cells.append(f"[bold]{text}[/bold]" if not pd.isna(value) and value == best[column] and len(frame) > 1 else text)
         out.add_row(*cells)
     return out

@@ -222,7 +222,8 @@ class TableSpec(Section):
     """One `[[report.tables]]`: a pivot of the results DataFrame."""
 
     name: str
-    kind: Optional[Literal["pretrain", "finetune_dev", "finetune", "fewshot"]] = None
+    # summary: the paper's summaries of fine-tuning rows (average-5, VTAB-1k and its groups)
+    kind: Optional[Literal["pretrain", "finetune_dev", "finetune", "fewshot", "summary"]] = None
     rows: Column = "model"
     columns: Column = "pretrain.size"
     values: str = "accuracy"
@@ -235,6 +236,28 @@ class TableSpec(Section):
 
 class ReportConfig(Section):
     tables: list[TableSpec] = Field(default_factory=list)
+
+
+class ExpectConfig(Section):
+    """One `[[expect]]` cell (or a single `[expect]` table): where a result should land.
+
+    `vitrun report` shows ours, the target, the delta and pass/fail; `vitrun report --check`
+    exits 1 when a cell misses (or has no result). `pretrain` and `data` take the paper's
+    dataset names ("ImageNet-21k", "ImageNet") or a recipe's own `data`/`name`.
+    """
+
+    name: Optional[str] = Field(None, description="label for the cell; default: built from the keys below")
+    model: Optional[str] = None
+    pretrain: Optional[str] = Field(None, description="pre-training set: a paper name or the [pretrain] data")
+    data: Optional[str] = Field(None, description='transfer dataset: a paper name, a [[transfer]] name or data, or "average-5", "VTAB-1k"')
+    kind: Literal["pretrain", "finetune", "fewshot", "summary"] = "finetune"
+    shots: Optional[PositiveInt] = None
+    image_size: Optional[PositiveInt] = None
+    where: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict, description="other columns the cell needs, e.g. {\"pretrain.size\" = 500}")
+    values: str = "accuracy"
+    scale: float = 100.0
+    target: float
+    tolerance: float = Field(ge=0)
 
 
 class Recipe(Section):
@@ -250,6 +273,12 @@ class Recipe(Section):
     transfer: list[TransferConfig] = Field(default_factory=list)
     run: RunConfig = Field(default_factory=RunConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    expect: list[ExpectConfig] = Field(default_factory=list)
+
+    @field_validator("expect", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value  # [expect] is one cell, [[expect]] several
 
     @field_validator("name")
     @classmethod

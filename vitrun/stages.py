@@ -23,7 +23,8 @@ from vitrun.engine.loop import LoopSettings, decay_groups, supervised, train
 from vitrun.evals.fewshot import LinearFewshot
 from vitrun.plan import Stage
 from vitrun.schema import RunConfig
-from vitrun.store import StageDir, Store
+from vitrun.paper.real import PREDICTIONS_FILE, predictions_bytes
+from vitrun.store import StageDir, Store, write_atomic
 
 EVAL_BATCH = 256
 
@@ -171,7 +172,11 @@ def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
         lr = max(lr, key=lambda rate: dev[str(rate)])  # ties: the first listed
         chosen = {"lr": lr, "dev_accuracy": dev}
     model, summary = _finetuned(stage, ctx, ds.train, ds.num_classes, lr)
-    return {**summary, **chosen, "accuracy": accuracy(model, ds.test, f["image_size"], ctx), "train_images": len(ds.train)}
+    predicted = predictions(model, ds.test, f["image_size"], ctx)
+    # kept for metrics computed later from other labels (ImageNet-ReaL: `vitrun report --real`)
+    write_atomic(ctx.stage_dir(stage.key).path / PREDICTIONS_FILE, predictions_bytes(predicted.tolist()))
+    hits = (predicted == ds.test.labels).double().mean().item()
+    return {**summary, **chosen, "accuracy": hits, "train_images": len(ds.train)}
 
 
 def _finetuned(stage: Stage, ctx: Context, images, num_classes: int, lr: float) -> tuple[nn.Module, dict[str, Any]]:
@@ -317,6 +322,18 @@ def features(model: nn.Module, images, image_size: int, ctx: Context) -> torch.T
     """Frozen representations (pre-logits or pooled), (N, F), for few-shot evaluation."""
     model.eval()
     return _map_batches(model.representation, images, image_size, ctx)
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, images, image_size: int, ctx: Context) -> torch.Tensor:
+    """The predicted class of each image, int64 (N,), in the split's order; argmax taken per
+    batch on the device, so memory holds one batch of logits, never all of them."""
+    model.eval()
+    out = []
+    for x, _ in _device_batches(images, image_size, ctx):
+        with ctx.placement.autocast():
+            out.append(model(x).argmax(1))
+    return torch.cat(out).cpu()
 
 
 @torch.no_grad()

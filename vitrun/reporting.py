@@ -1,0 +1,123 @@
+"""One experiment's whole report: its tables, the paper beside them, `[[expect]]` outcomes,
+unfinished stages, versions and devices. The CLI renders it; nothing here imports torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from vitrun import report
+from vitrun.expect import Outcome, evaluate, outcome_frame
+from vitrun.paper.join import add_paper_columns, add_real, paper_table
+from vitrun.schema import ExpectConfig, TableSpec
+from vitrun.store import Store
+
+PAPER_TITLE = "The paper beside ours (accuracy %, delta = ours − paper)"
+EXPECT_TITLE = "Expectations (the recipe's expect cells: ours against target ± tolerance)"
+
+
+@dataclass
+class ExperimentReport:
+    name: str
+    frame: pd.DataFrame
+    tables: list[report.Table]
+    paper: pd.DataFrame | None  # None unless asked for (--paper)
+    outcomes: list[Outcome]
+    unfinished: list[str]
+    recipe: dict[str, Any] = field(default_factory=dict)  # recipe.json: name, path, recipe, report
+    real_notes: list[str] = field(default_factory=list)  # ImageNet stages --real could not score
+
+    def listings(self) -> list[tuple[str, pd.DataFrame, list[str]]]:
+        """Tables that are lists of cells rather than pivots: (title, frame, notes)."""
+        out = []
+        if self.paper is not None:
+            notes = [] if not self.paper.empty else ["no cell of ours matches the paper's (model, pre-training set, dataset); see vitrun/paper/numbers.csv"]
+            out.append((PAPER_TITLE, self.paper, notes))
+        if self.outcomes:
+            failed = sum(not o.passed for o in self.outcomes)
+            out.append((EXPECT_TITLE, outcome_frame(self.outcomes), [f"{failed} of {len(self.outcomes)} cells miss their target"] if failed else []))
+        return out
+
+    def notes(self) -> list[str]:
+        """Experiment-level lines under the tables."""
+        if not self.unfinished:
+            return list(self.real_notes)
+        shown = ", ".join(self.unfinished[:5]) + (" …" if len(self.unfinished) > 5 else "")
+        return [f"{len(self.unfinished)} unfinished stage{'s' if len(self.unfinished) > 1 else ''} (no stage.json yet, not in the tables): {shown}", *self.real_notes]
+
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.passed]
+
+    def versions(self) -> list[str]:
+        return _distinct(self.frame, "versions")
+
+    def devices(self) -> list[str]:
+        return _distinct(self.frame, "device")
+
+    def document(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"unfinished": self.unfinished}
+        if self.paper is not None:
+            extra["paper"] = _records(self.paper)
+        if self.outcomes:
+            extra["expect"] = _records(outcome_frame(self.outcomes))
+        return report.to_json(self.name, self.tables, extra)
+
+
+def build(store: Store, name: str, paper: bool = False, real: list[list[int]] | None = None) -> ExperimentReport:
+    """`real`: ReaL labels (`vitrun.paper.real.load_real_labels`) to score ImageNet stages with.
+    Raises report.ReportError (a table names an unknown column) or ValueError (a bad [[expect]])."""
+    frame, real_notes = report.load_frame(store, name), []
+    if real is not None:
+        frame, real_notes = add_real(frame, store.root / name, real)
+    frame = add_paper_columns(frame)
+    saved = store.recipe(name) or {}
+    specs = [TableSpec(**t) for t in saved.get("report", {}).get("tables", [])] or report.default_tables(frame)
+    tables = report.build_tables(frame, specs)
+    cells = [ExpectConfig(**c) for c in _as_list((saved.get("recipe") or {}).get("expect"))]
+    return ExperimentReport(name, frame, tables, paper_table(frame) if paper else None, evaluate(frame, cells), report.unfinished_stages(store, name, frame["key"].dropna() if "key" in frame else ()), saved, real_notes)
+
+
+def render_listing(title: str, frame: pd.DataFrame, notes: list[str], fmt: str) -> str:
+    shown = frame.fillna("–").astype(str)
+    if fmt == "markdown":
+        return f"### {title}\n\n{shown.to_markdown(index=False)}\n" + "".join(f"\n{n}" for n in notes)
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "latex":
+        return shown.to_latex(index=False, caption=title)
+    return f"{title}\n{shown.to_string(index=False)}" + "".join(f"\n{n}" for n in notes) + "\n"
+
+
+def rich_listing(title: str, frame: pd.DataFrame, notes: list[str]):
+    from rich.table import Table as RichTable
+
+    out = RichTable(title=title, title_justify="left", header_style="bold", caption="\n".join(notes) or None, caption_justify="left")
+    for column in frame.columns:
+        out.add_column(str(column), justify="left" if frame[column].dtype == object else "right")
+    for row in frame.itertuples(index=False):
+        out.add_row(*("–" if pd.isna(v) else _styled(str(v)) for v in row))
+    return out
+
+
+def _styled(text: str) -> str:
+    return {"FAIL": "[bold red]FAIL[/bold red]", "pass": "[green]pass[/green]", "no result": "[bold red]no result[/bold red]"}.get(text, text)
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    import json
+
+    return json.loads(frame.to_json(orient="records"))
+
+
+def _distinct(frame: pd.DataFrame, column: str) -> list[str]:
+    if frame.empty or column not in frame:
+        return []
+    return sorted({str(v) for v in frame[column].dropna()})
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, dict) else list(value)
