@@ -251,8 +251,8 @@ class ExpectConfig(Section):
     pretrain: Optional[str] = Field(None, description="pre-training set: a paper name or the [pretrain] data")
     data: Optional[str] = Field(None, description='transfer dataset: a paper name, a [[transfer]] name or data, or "average-5", "VTAB-1k"')
     kind: Literal["pretrain", "finetune", "fewshot", "summary"] = "finetune"
-    shots: Optional[PositiveInt] = None
-    image_size: Optional[PositiveInt] = None
+    shots: Optional[Images] = None
+    image_size: Optional[ImageSize] = None
     where: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict, description="other columns the cell needs, e.g. {\"pretrain.size\" = 500}")
     values: str = "accuracy"
     scale: float = 100.0
