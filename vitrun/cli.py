@@ -302,6 +302,41 @@ def bench_model_cmd(name, image_size, batch_size, repeats, device, precision, op
     _console().print(table)
 
 
+@main.command("analyze")
+@click.argument("target")
+@click.option("--what", "whats", multiple=True, type=click.Choice(["all", "embedding-filters", "posemb-similarity", "attention-distance", "rollout"]), default=("all",), show_default=True, help="Which analysis (Figures 6, 7). Repeatable.")
+@click.option("--data", "source", help="Images for attention-distance and rollout (a recipe `data` value) [default: the stage's pre-training source; digits for timm:/npz:].")
+@click.option("--images", default=64, show_default=True, type=click.IntRange(1), help="Test images averaged over for attention-distance (rollout draws the first 8).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Analysis folder [default: RESULTS/<experiment>/analysis for stages, RESULTS/analysis for timm:/npz:].")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda when there is one).")
+@results_option
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), envvar="VITRUN_CACHE", help="Where generated datasets are cached [env VITRUN_CACHE; default ~/.cache/vitrun].")
+def analyze_cmd(target, whats, source, images, out_dir, device, results, cache_dir):
+    """Draw the paper's look inside a model (§4.5) for TARGET, as PNG + CSV.
+
+    TARGET: a pre-training stage key, an experiment (each of its pre-training stages),
+    timm:NAME (timm's weights, hub or cache) or npz:PATH (an official checkpoint).
+    Each analysis folder keeps an index.json the HTML report reads.
+    """
+    from vitrun.engine.device import place
+    from vitrun.evals import analyze
+    from vitrun.store import Store
+
+    chosen = analyze.WHATS if "all" in whats else tuple(dict.fromkeys(whats))
+    try:
+        placement = place(device, "fp32")
+        targets = analyze.resolve(target, Store(results), out_dir)
+        console = _console()
+        for one in targets:
+            written, skipped = analyze.run(one, chosen, source, images, cache_dir, placement.device, strict=len(targets) == 1)
+            for w in written:
+                console.print(f"[green]✓[/green] {w.what:<19} {w.png} [dim](+ .csv)[/dim]", soft_wrap=True)
+            for reason in skipped:
+                console.print(f"[yellow]skipped[/yellow] {reason}", soft_wrap=True)
+    except (ValueError, RuntimeError) as err:
+        _fail(str(err))
+
+
 def _source_options(items):
     """`--option KEY=VALUE` pairs as SourceOptions."""
     from vitrun.data import SourceOptions
