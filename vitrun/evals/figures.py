@@ -28,19 +28,27 @@ def _save(fig, path: Path) -> None:
 
 
 def embedding_filters(components: np.ndarray, ratios: np.ndarray, title: str, path: Path) -> None:
-    """Figure 7 left: components (k, 3, P, P) as RGB tiles, 7 per row, each scaled to [0, 1]."""
+    """Figure 7 left: components (k, 3, P, P) as RGB tiles, 7 per row, each scaled to [0, 1].
+
+    One mosaic image (one artist): tens of subplots would take seconds to render.
+    """
     plt = _pyplot()
-    k = len(components)
+    k, _, P, _ = components.shape
     cols = min(7, k)
     rows = -(-k // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.3 * rows + 0.4), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < k:
-            tile = components[i].transpose(1, 2, 0)  # (P, P, 3)
-            low, high = tile.min(), tile.max()
-            ax.imshow((tile - low) / (high - low) if high > low else np.zeros_like(tile), interpolation="nearest")
-            ax.set_title(f"{100 * ratios[i]:.1f}%", fontsize=7)
+    gap = max(1, P // 4)
+    mosaic = np.ones((rows * (P + gap) - gap, cols * (P + gap) - gap, 3))
+    for i, component in enumerate(components):
+        tile = component.transpose(1, 2, 0)  # (P, P, 3)
+        low, high = tile.min(), tile.max()
+        r, c = divmod(i, cols)
+        mosaic[r * (P + gap) : r * (P + gap) + P, c * (P + gap) : c * (P + gap) + P] = (tile - low) / (high - low) if high > low else 0.5
+    fig, ax = plt.subplots(figsize=(1.1 * cols, 1.1 * rows + 0.5))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    for i, ratio in enumerate(ratios):
+        r, c = divmod(i, cols)
+        ax.text(c * (P + gap) + P / 2 - 0.5, r * (P + gap) - 0.6, f"{100 * ratio:.1f}%", ha="center", va="bottom", fontsize=6)
     fig.suptitle(title, fontsize=9)
     _save(fig, path)
 
@@ -95,16 +103,20 @@ def attention_distance(distance: np.ndarray, image_size: int, title: str, path: 
 def rollout_overlays(images: np.ndarray, maps: np.ndarray, title: str, path: Path) -> None:
     """Figure 6: images (B, H, W, 3) in [0, 1] above the same images weighted by maps (B, H, W)."""
     plt = _pyplot()
-    B = len(images)
-    fig, axes = plt.subplots(2, B, figsize=(1.6 * B, 3.5), squeeze=False)
+    B, H, W, _ = images.shape
+    gap = max(1, W // 16)
+    mosaic = np.ones((2 * H + gap, B * (W + gap) - gap, 3))
     for i in range(B):
         weight = maps[i] / maps[i].max() if maps[i].max() > 0 else maps[i]
-        axes[0, i].imshow(images[i])
-        axes[1, i].imshow(images[i] * weight[..., None])
-        for ax in axes[:, i]:
-            ax.axis("off")
-    axes[0, 0].set_title("input", fontsize=8, loc="left")
-    axes[1, 0].set_title("attention", fontsize=8, loc="left")
+        left = i * (W + gap)
+        mosaic[:H, left : left + W] = images[i]
+        mosaic[H + gap :, left : left + W] = images[i] * weight[..., None]
+    fig, ax = plt.subplots(figsize=(1.5 * B, 3.3))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_yticks([H / 2, H + gap + H / 2], ["input", "attention"], fontsize=8)
+    ax.set_xticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
     fig.suptitle(title, fontsize=9)
     _save(fig, path)
 
