@@ -142,6 +142,7 @@ def inference(rows: Sequence[dict], per: str, title: str, path: Path) -> None:
         ax.set_ylabel(label)
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
+        ax.set_xticks(sorted({r["image_size"] for r in rows}))
     speed.legend(fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
