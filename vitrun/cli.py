@@ -103,6 +103,8 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir):
         _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
     if summary.ran:
         console.print(f"Ran {len(summary.ran)} stages; results in {store.root / loaded.name}")
+    if loaded.variants[0].analysis:
+        _run_recipe_analyses(loaded, stages, store, console, cache_dir)
     _print_report(store, [loaded.name], "table", None, console)
 
 
@@ -335,6 +337,22 @@ def analyze_cmd(target, whats, source, images, out_dir, device, results, cache_d
                 console.print(f"[yellow]skipped[/yellow] {reason}", soft_wrap=True)
     except (ValueError, RuntimeError) as err:
         _fail(str(err))
+
+
+def _run_recipe_analyses(loaded, stages, store, console, cache_dir) -> None:
+    """The recipe's [[analysis]] tables, for every pre-training stage of this run (vitrun/evals/analyze.py)."""
+    from vitrun.engine.device import place
+    from vitrun.evals import analyze
+
+    keys = [s.key for s in stages if s.kind == "pretrain"]
+    try:
+        written, skipped = analyze.run_recipe(loaded.name, loaded.variants[0].analysis, keys, store, cache_dir, place(loaded.variants[0].run.device, "fp32").device)
+    except ValueError as err:
+        _fail(f"{loaded.path}: analysis: {err}")
+    for reason in skipped:
+        console.print(f"[dim]analysis skipped: {reason}[/dim]", soft_wrap=True)
+    if written:
+        console.print(f"Drew {len(written)} analyses (Figures 6, 7) in {store.root / loaded.name / analyze.ANALYSIS_DIR}")
 
 
 def _int_list(ctx, param, value):

@@ -119,3 +119,52 @@ def test_timm_checkpoint_from_a_local_cache(tmp_path, monkeypatch):
     assert sorted(e["what"] for e in entries) == sorted(WHATS)
     assert {e["target"] for e in entries} == {"timm:hf-hub:vitrun/tiny-vit"}
     assert all(Path(out.parent / e["png"]).is_file() for e in entries)
+
+
+INITIAL_WEIGHTS = """
+name = "looked-at"
+
+[model]
+name = "ViT-Mu/4"
+depth = 1
+
+[pretrain]
+image_size = 16
+steps = 0
+
+[[analysis]]
+what = "rollout"
+data = "digits"
+images = 2
+
+[[analysis]]
+what = "embedding-filters"
+"""
+
+
+def test_recipe_analysis_runs_after_the_stages_and_is_kept_on_a_rerun(write_recipe, tmp_path):
+    recipe, results = write_recipe(INITIAL_WEIGHTS), tmp_path / "results"
+    first = CliRunner().invoke(main, ["recipe", str(recipe), "--results", str(results)])
+    assert first.exit_code == 0, first.output
+    assert "Drew 2 analyses" in first.output
+    index = json.loads((results / "looked-at" / "analysis" / "index.json").read_text())
+    assert sorted(e["what"] for e in index) == ["embedding-filters", "rollout"]
+    again = CliRunner().invoke(main, ["recipe", str(recipe), "--results", str(results)])
+    assert again.exit_code == 0 and "Drew" not in again.output  # same settings: kept
+
+
+@pytest.mark.parametrize("table, message", [
+    ('what = "rolout"', "analysis[0].what"),
+    ('what = "rollout"\nimages = 0', "analysis[0].images"),
+    ('what = "rollout"\ndata = "digitz"', "analysis[0].data: unknown data source 'digitz' (did you mean 'digits'?)"),
+])
+def test_recipe_analysis_errors_are_one_line(write_recipe, table, message):
+    text = INITIAL_WEIGHTS.split("[[analysis]]")[0] + "[[analysis]]\n" + table + "\n"
+    result = CliRunner().invoke(main, ["validate", str(write_recipe(text))])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_recipe_analysis_listed_twice(write_recipe):
+    result = CliRunner().invoke(main, ["validate", str(write_recipe(INITIAL_WEIGHTS + '\n[[analysis]]\nwhat = "rollout"\n'))])
+    assert result.exit_code == 2 and "lists rollout more than once" in result.output

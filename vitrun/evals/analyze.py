@@ -141,12 +141,19 @@ def not_applicable(model: nn.Module, what: str) -> str | None:
 # -- running -------------------------------------------------------------------------------------
 
 def run(target: Target, whats: tuple[str, ...], data: str | None = None, images: int = 64, cache_dir: str | None = None,
-        device: torch.device = torch.device("cpu"), strict: bool = True) -> tuple[list[Written], list[str]]:
+        device: torch.device = torch.device("cpu"), strict: bool = True, keep_done: bool = False) -> tuple[list[Written], list[str]]:
     """Run `whats` on `target`: (files written, reasons for skipped analyses).
 
     strict: an analysis that does not apply raises AnalysisError (one named model) instead of
     being skipped (every pre-training stage of an experiment).
+    keep_done: leave an analysis whose files exist with the same settings (data, images) as it
+    is (a recipe's [[analysis]] on a re-run); `vitrun analyze` always redraws.
     """
+    settings = {"data": data or target.data, "images": images}
+    if keep_done:
+        whats = tuple(w for w in whats if not _done(target, w, settings))
+        if not whats:
+            return [], []
     model = target.load().to(device).eval()
     title = f"{model.spec.name} ({target.label})"
     written, skipped = [], {}
@@ -164,10 +171,42 @@ def run(target: Target, whats: tuple[str, ...], data: str | None = None, images:
         rows, header = DRAW[what](model, batch, title, base.with_suffix(".png"), device)
         csv_path = base.with_suffix(".csv")
         write_atomic(csv_path, _csv(header, rows))
+        write_json_atomic(base.with_suffix(".json"), settings)
         written.append(Written(what, target.label, f"{TITLES[what]}: {title}", base.with_suffix(".png"), csv_path))
     if written:
         update_index(target.folder, written)
     return written, [f"{target.label} {', '.join(whats)}: {reason}" for reason, whats in skipped.items()]
+
+
+def _done(target: Target, what: str, settings: dict[str, Any]) -> bool:
+    base = target.folder / target.slug / what
+    try:
+        return base.with_suffix(".png").is_file() and json.loads(base.with_suffix(".json").read_text()) == settings
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def run_recipe(experiment: str, analyses: list, stage_keys: list[str], store: Store, cache_dir: str | None = None,
+               device: torch.device = torch.device("cpu")) -> tuple[list[Written], list[str]]:
+    """A recipe's `[[analysis]]` tables for each finished pre-training stage in `stage_keys`.
+
+    Analyses that do not apply to a model (a ResNet's attention) are skipped with a reason;
+    ones already drawn with the same settings are kept.
+    """
+    written, skipped = [], []
+    for key in stage_keys:
+        sd = store.stage(experiment, key)
+        if sd.status() != "done" or sd.read().get("kind") != "pretrain":
+            continue
+        target = _stage_target(store, experiment, sd.read(), None)
+        groups: dict[tuple, list[str]] = {}
+        for a in analyses:  # one model load per (data, images)
+            groups.setdefault((a.data, a.images), []).append(a.what)
+        for (data, images), whats in groups.items():
+            w, s = run(target, tuple(whats), data, images, cache_dir, device, strict=False, keep_done=True)
+            written += w
+            skipped += s
+    return written, skipped
 
 
 def _images(target: Target, source: str | None, count: int, image_size: int, cache_dir: str | None) -> torch.Tensor:
