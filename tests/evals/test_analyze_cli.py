@@ -168,3 +168,18 @@ def test_recipe_analysis_errors_are_one_line(write_recipe, table, message):
 def test_recipe_analysis_listed_twice(write_recipe):
     result = CliRunner().invoke(main, ["validate", str(write_recipe(INITIAL_WEIGHTS + '\n[[analysis]]\nwhat = "rollout"\n'))])
     assert result.exit_code == 2 and "lists rollout more than once" in result.output
+
+
+def test_index_keeps_one_entry_per_analysis_and_target(tmp_path):
+    from vitrun.evals.analyze import Written, update_index
+
+    folder = tmp_path / "exp" / "analysis"
+
+    def written(what, target, title):
+        return Written(what, target, title, folder / target / f"{what}.png", folder / target / f"{what}.csv")
+
+    update_index(folder, [written("rollout", "a", "old"), written("rollout", "b", "b")])
+    update_index(folder, [written("rollout", "a", "new")])
+    entries = json.loads((folder / "index.json").read_text())
+    assert [(e["target"], e["title"]) for e in entries] == [("b", "b"), ("a", "new")]
+    assert entries[1] == {"what": "rollout", "target": "a", "title": "new", "png": "analysis/a/rollout.png", "csv": "analysis/a/rollout.csv"}

@@ -113,7 +113,7 @@ def _load_pretrained(target: str) -> nn.Module:
         scheme, _, rest = target.partition(":")
         if scheme == "npz":
             return from_npz(rest)
-        from vitrun.interop.pretrained import _timm_pretrained
+        from vitrun.interop.pretrained import _timm_pretrained  # timm's weights with one-line offline errors
 
         return from_timm(_timm_pretrained(target, rest))
     except (ValueError, FileNotFoundError) as err:
@@ -175,7 +175,7 @@ def run(target: Target, whats: tuple[str, ...], data: str | None = None, images:
         written.append(Written(what, target.label, f"{TITLES[what]}: {title}", base.with_suffix(".png"), csv_path))
     if written:
         update_index(target.folder, written)
-    return written, [f"{target.label} {', '.join(whats)}: {reason}" for reason, whats in skipped.items()]
+    return written, [f"{target.label} {', '.join(names)}: {reason}" for reason, names in skipped.items()]
 
 
 def _done(target: Target, what: str, settings: dict[str, Any]) -> bool:
