@@ -60,6 +60,7 @@ def test_cli_prints_the_table_and_writes_csv_and_figure(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--models", "ViT-Q/16"], "unknown model"),
     (["--sizes", "64,abc"], "expected integers"),
+    (["--models", "ViT-Mu/4", "--sizes", "18"], "not a multiple of the patch size 4"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--models", "nope"], "CUDA" if not torch.cuda.is_available() else "unknown model"),
 ])
 def test_cli_bad_input_exits_2(args, message, tmp_path):

@@ -225,6 +225,10 @@ def _largest_gpu_batch(run: Callable[[int], None], cap: int) -> tuple[int | None
             return True
         except torch.cuda.OutOfMemoryError:
             return False
+        except RuntimeError as err:  # cuDNN/cuBLAS report their own allocation failures
+            if "out of memory" in str(err) or "ALLOC_FAILED" in str(err):
+                return False
+            raise
         finally:
             torch.cuda.empty_cache()
 

@@ -399,10 +399,13 @@ def bench_inference_cmd(model_names, sizes, device, batch, repeats, max_batch, m
     console = _console()
     console.print(f"Figure 12 on {placement.describe()}: {', '.join(names)} at {', '.join(map(str, sizes))} px")
     with console.status("measuring …") as status:
-        points = benchmark.bench_inference(
-            names, sizes, placement, batch or (64 if on_gpu else 4), repeats, max_batch, int(memory_gib * 2**30),
-            on_point=lambda p: status.update(f"measured {p.model} at {p.image_size} px: {p.images_per_s_per_unit:,.1f} images/s per {p.unit}"),
-        )
+        try:
+            points = benchmark.bench_inference(
+                names, sizes, placement, batch or (64 if on_gpu else 4), repeats, max_batch, int(memory_gib * 2**30),
+                on_point=lambda p: status.update(f"measured {p.model} at {p.image_size} px: {p.images_per_s_per_unit:,.1f} images/s per {p.unit}"),
+            )
+        except ValueError as err:  # e.g. an input size the model's patches do not divide
+            _fail(str(err))
     from rich.table import Table
 
     unit = points[0].unit
