@@ -310,7 +310,7 @@ def bench_model_cmd(name, image_size, batch_size, repeats, device, precision, op
 @click.option("--data", "source", help="Images for attention-distance and rollout (a recipe `data` value) [default: the stage's pre-training source; digits for timm:/npz:].")
 @click.option("--images", default=64, show_default=True, type=click.IntRange(1), help="Test images averaged over for attention-distance (rollout draws the first 8).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Analysis folder [default: RESULTS/<experiment>/analysis for stages, RESULTS/analysis for timm:/npz:].")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda when there is one).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda when there is one); fp32 either way.")
 @results_option
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), envvar="VITRUN_CACHE", help="Where generated datasets are cached [env VITRUN_CACHE; default ~/.cache/vitrun].")
 def analyze_cmd(target, whats, source, images, out_dir, device, results, cache_dir):
