@@ -59,7 +59,7 @@ def test_constructed_model_attends_uniformly_and_matches_hand_computation():
     torch.testing.assert_close(maps, torch.full_like(maps, 1 / 17))
     distance = torch.stack([analysis.mean_attention_distance(a, model.grid, 4.0, 1) for a in maps])
     torch.testing.assert_close(distance, torch.full((4, 4), brute_force_mean_distance(4, 4, 4.0)))
-    # Recording is opt-in and leaves the model as it was: the fused path gives the same output.
+    # Recording is opt-in and switched off again afterwards: the model is back on the fused path.
     assert all(not b.attn.keep_attention and b.attn.attention is None for b in model.blocks)
 
 
