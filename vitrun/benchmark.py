@@ -7,14 +7,22 @@ pre-training). The numbers are images per second, median over the timed repeats,
 our/timm ratios; the alternation keeps a busy machine from favouring one side.
 
 timm is optional here: without it only our numbers are printed.
+
+`vitrun bench inference` (`bench_inference`) is the paper's Figure 12 on the user's hardware:
+inference images/s per core (CPU) or per device (GPU), and the largest batch that fits in
+memory, per model and input size (see its docstring for how each is measured).
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import statistics
+import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -117,3 +125,189 @@ def _alternate(steps: dict[str, Callable[[], None]], repeats: int, warmup: int, 
             sync()
             seconds[who].append(time.perf_counter() - start)
     return seconds
+
+
+# -- Figure 12: inference across input sizes ------------------------------------------------------
+
+FIGURE12_MODELS = ("ViT-B/16", "R50x1", "R50+ViT-B/16")  # the paper's comparison: ViT vs BiT vs hybrid
+# The same three families at sizes a 2-core CPU measures in a few minutes (2.5, 1.2, 3.6 GFLOPs at 224 px).
+CPU_MODELS = ("ViT-Ti/16", "R26x0.5", "R26x0.5+ViT-Ti/16")
+FIGURE12_SIZES = (64, 128, 224, 384, 512)
+TPU_CORE_BYTES = 16 * 2**30  # a TPUv3 core's memory, Figure 12's device: the CPU default budget
+
+
+@dataclass(frozen=True)
+class InferencePoint:
+    """One model at one input size (a row of Figure 12's table)."""
+
+    model: str
+    family: str  # "vit" | "resnet" | "hybrid"
+    image_size: int
+    batch: int  # images per timed forward pass
+    images_per_s: float  # the whole machine (CPU) or device
+    images_per_s_per_unit: float  # per core (CPU: ÷ torch's threads) or per device
+    unit: str  # "core" | "device"
+    max_batch: int | None  # largest batch that fits; None when it cannot be told here
+    max_batch_how: str  # "measured" (GPU, out-of-memory search) | "estimated" (CPU) | "capped" | "unknown"
+
+    def row(self) -> dict:
+        return dict(self.__dict__)
+
+
+def bench_inference(
+    names: Iterable[str],
+    sizes: Iterable[int],
+    placement: Placement,
+    batch: int,
+    repeats: int = 3,
+    max_batch: int = 16384,
+    memory_bytes: int | None = None,
+    on_point: Callable[[InferencePoint], None] | None = None,
+) -> list[InferencePoint]:
+    """Figure 12: images/s and the largest batch for each model at each input size.
+
+    Throughput: eval mode, no grad, the median of `repeats` timed passes of `batch` images
+    after a warm-up (GPU: bf16 autocast if `placement` says so; attention runs through SDPA).
+    Per unit: on CPU ÷ torch.get_num_threads(), the cores the pass ran on (set them with
+    --threads); on GPU per device.
+    Largest batch: on GPU, batches double from 1 until one runs out of memory, then a
+    binary search between the last that fit and the first that did not (at most
+    `max_batch`: "capped" when even that fits). On CPU running out of memory is not a
+    search one can afford (hundreds of 512-px images per probe, and swapping first), so
+    the peak resident memory of a pass of 1 and of `batch` images (Linux's VmHWM, reset
+    before each) gives bytes per image and fixed bytes, and the batch that fits in
+    `memory_bytes` (default one TPUv3 core's 16 GiB, the paper's device) is extrapolated:
+    "estimated", bounded by `max_batch`; "unknown" where VmHWM cannot be read.
+    """
+    on_gpu = placement.device.type == "cuda"
+    unit_count = 1 if on_gpu else torch.get_num_threads()
+    points = []
+    for name in names:
+        for size in sizes:
+            model = models.create(name, num_classes=1000, image_size=size).to(placement.device).eval()
+            run = _forward(model, size, placement)
+            if on_gpu:
+                fits, how = _largest_gpu_batch(run, max_batch)
+                timed = max(1, min(batch, fits or 1))
+            else:
+                run(1)  # warm-up: thread pools and allocator
+                fits, how = _estimated_cpu_batch(run, batch, memory_bytes or TPU_CORE_BYTES, max_batch)
+                timed = batch
+            warmup = 1 if on_gpu else 0  # on CPU the peak-memory pass at `batch` was the warm-up
+            seconds = _alternate({"model": lambda: run(timed)}, repeats, warmup, placement.device)["model"]
+            rate = timed / statistics.median(seconds)
+            point = InferencePoint(name, model.spec.family, size, timed, rate, rate / unit_count, "device" if on_gpu else "core", fits, how)
+            points.append(point)
+            if on_point:
+                on_point(point)
+            del model, run
+            _release(placement.device)
+    return points
+
+
+def _forward(model: nn.Module, size: int, placement: Placement) -> Callable[[int], None]:
+    """run(b): one inference pass of b random images (fresh each time, as a stream of inputs)."""
+
+    def run(b: int) -> None:
+        x = torch.randn(b, 3, size, size, device=placement.device)
+        with torch.no_grad(), placement.autocast():
+            model(x)
+        if placement.device.type == "cuda":
+            torch.cuda.synchronize(placement.device)
+
+    return run
+
+
+def _largest_gpu_batch(run: Callable[[int], None], cap: int) -> tuple[int | None, str]:
+    def fits(b: int) -> bool:
+        try:
+            run(b)
+            return True
+        except torch.cuda.OutOfMemoryError:
+            return False
+        except RuntimeError as err:  # cuDNN/cuBLAS report their own allocation failures
+            if "out of memory" in str(err) or "ALLOC_FAILED" in str(err):
+                return False
+            raise
+        finally:
+            torch.cuda.empty_cache()
+
+    if not fits(1):
+        return None, "measured"
+    good, bad = 1, None
+    while bad is None:
+        if good >= cap:
+            return cap, "capped"
+        trial = min(2 * good, cap)
+        if fits(trial):
+            good = trial
+        else:
+            bad = trial
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if fits(middle) else (good, middle)
+    return good, "measured"
+
+
+def _estimated_cpu_batch(run: Callable[[int], None], batch: int, budget: int, cap: int) -> tuple[int | None, str]:
+    one, many = _peak_bytes(lambda: run(1)), _peak_bytes(lambda: run(batch))
+    if one is None or many is None or batch < 2:
+        return None, "unknown"
+    per_image = max((many - one) / (batch - 1), 1.0)
+    fixed = max(one - per_image, 0.0)
+    fits = int((budget - fixed) // per_image)
+    return (cap, "capped") if fits >= cap else (max(fits, 0), "estimated")
+
+
+def _peak_bytes(work: Callable[[], None]) -> int | None:
+    """Peak resident memory `work` adds (Linux: VmHWM after resetting it), or None elsewhere."""
+    status = Path("/proc/self/status")
+    if not sys.platform.startswith("linux") or not status.is_file():
+        return None
+    _trim_heap()  # freed memory goes back to the system, so reuse shows up as new residency
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
+    except OSError:
+        return None
+    before = _status_bytes(status, "VmRSS")
+    work()
+    return _status_bytes(status, "VmHWM") - before
+
+
+def _status_bytes(status: Path, field: str) -> int:
+    for line in status.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    raise RuntimeError(f"{status} has no {field}")
+
+
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: peaks may read low when freed memory is reused
+        pass
+
+
+def _release(device: torch.device) -> None:
+    if device.type == "cuda":  # tensors die with their last reference; cached GPU blocks are handed back
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def write_inference(points: list[InferencePoint], out: Path, title: str) -> tuple[Path, Path]:
+    """The table as CSV and Figure 12 as PNG under `out`: (csv path, png path)."""
+    import csv
+    import io
+
+    from vitrun.evals import figures
+    from vitrun.store import write_atomic
+
+    rows = [p.row() for p in points]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path, png_path = out / "inference.csv", out / "inference.png"
+    write_atomic(csv_path, text.getvalue().encode())
+    figures.inference(rows, points[0].unit, title, png_path)
+    return csv_path, png_path

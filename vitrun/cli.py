@@ -107,6 +107,8 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast)
         _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
     if summary.ran:
         console.print(f"Ran {len(summary.ran)} stages; results in {store.root / loaded.name}")
+    if loaded.variants[0].analysis:
+        _run_recipe_analyses(loaded, stages, store, console, cache_dir)
     if store.experiments() and loaded.name in store.experiments():
         _print_report(store, [loaded.name], "table", None, console, allow_missing=True)
     print_summary(summary, console)
@@ -376,6 +378,125 @@ def _has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+@main.command("analyze")
+@click.argument("target")
+@click.option("--what", "whats", multiple=True, type=click.Choice(["all", "embedding-filters", "posemb-similarity", "attention-distance", "rollout"]), default=("all",), show_default=True, help="Which analysis (Figures 6, 7). Repeatable.")
+@click.option("--data", "source", help="Images for attention-distance and rollout (a recipe `data` value) [default: the stage's pre-training source; digits for timm:/npz:].")
+@click.option("--images", default=64, show_default=True, type=click.IntRange(1), help="Test images averaged over for attention-distance (rollout draws the first 8).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Analysis folder [default: RESULTS/<experiment>/analysis for stages, RESULTS/analysis for timm:/npz:].")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda when there is one); fp32 either way.")
+@results_option
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), envvar="VITRUN_CACHE", help="Where generated datasets are cached [env VITRUN_CACHE; default ~/.cache/vitrun].")
+def analyze_cmd(target, whats, source, images, out_dir, device, results, cache_dir):
+    """Draw the paper's look inside a model (§4.5) for TARGET, as PNG + CSV.
+
+    TARGET: a pre-training stage key, an experiment (each of its pre-training stages),
+    timm:NAME (timm's weights, hub or cache) or npz:PATH (an official checkpoint).
+    Each analysis folder keeps an index.json the HTML report reads.
+    """
+    from vitrun.engine.device import place
+    from vitrun.evals import analyze
+    from vitrun.store import Store
+
+    chosen = analyze.WHATS if "all" in whats else tuple(dict.fromkeys(whats))
+    try:
+        placement = place(device, "fp32")
+        targets = analyze.resolve(target, Store(results), out_dir)
+        console = _console()
+        for one in targets:
+            written, skipped = analyze.run(one, chosen, source, images, cache_dir, placement.device, strict=len(targets) == 1)
+            for w in written:
+                console.print(f"[green]✓[/green] {w.what:<19} {w.png} [dim](+ .csv)[/dim]", soft_wrap=True)
+            for reason in skipped:
+                console.print(f"[yellow]skipped[/yellow] {reason}", soft_wrap=True)
+    except (ValueError, RuntimeError) as err:
+        _fail(str(err))
+
+
+def _run_recipe_analyses(loaded, stages, store, console, cache_dir) -> None:
+    """The recipe's [[analysis]] tables, for every pre-training stage of this run (vitrun/evals/analyze.py)."""
+    from vitrun.engine.device import place
+    from vitrun.evals import analyze
+
+    keys = [s.key for s in stages if s.kind == "pretrain"]
+    try:
+        written, skipped = analyze.run_recipe(loaded.name, loaded.variants[0].analysis, keys, store, cache_dir, place(loaded.variants[0].run.device, "fp32").device)
+    except ValueError as err:
+        _fail(f"{loaded.path}: analysis: {err}")
+    for reason in skipped:
+        console.print(f"[dim]analysis skipped: {reason}[/dim]", soft_wrap=True)
+    if written:
+        console.print(f"Drew {len(written)} analyses (Figures 6, 7) in {store.root / loaded.name / analyze.ANALYSIS_DIR}")
+
+
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        numbers = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected integers separated by commas, e.g. 64,224, got {value!r}") from None
+    if not numbers or min(numbers) < 1:
+        raise click.BadParameter(f"expected positive integers separated by commas, got {value!r}")
+    return numbers
+
+
+@bench_group.command("inference")
+@click.option("--models", "model_names", metavar="A,B,…", help="Models, comma-separated [default: ViT-B/16,R50x1,R50+ViT-B/16 on a GPU; ViT-Ti/16,R26x0.5,R26x0.5+ViT-Ti/16 on a CPU].")
+@click.option("--sizes", callback=_int_list, default="64,128,224,384,512", show_default=True, metavar="S,…", help="Input sizes in pixels, comma-separated.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda when there is one). GPU: bf16 autocast; CPU: fp32.")
+@click.option("--batch", type=click.IntRange(2), help="Images per timed pass [default: 64 on a GPU (at most the largest that fits), 4 on a CPU].")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1), help="Timed passes per model and size; the median counts.")
+@click.option("--max-batch", default=16384, show_default=True, type=click.IntRange(1), help="Upper bound of the largest-batch search (GPU) or estimate (CPU).")
+@click.option("--memory", "memory_gib", default=16.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="CPU only: memory budget in GiB the largest batch is estimated against (16: one TPUv3 core, Figure 12's device).")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (cores) to run on [default: torch's]; images/s per core divides by this.")
+@click.option("--out", "out_dir", default="results/bench", show_default=True, type=click.Path(file_okay=False), help="Where inference.csv and inference.png (Figure 12) go.")
+def bench_inference_cmd(model_names, sizes, device, batch, repeats, max_batch, memory_gib, threads, out_dir):
+    """The paper's Figure 12 here: inference images/s and the largest batch per input size.
+
+    Images/s per core on a CPU (÷ torch's threads) or per device on a GPU; the largest
+    batch is searched on a GPU (doubling, then bisection, until out of memory) and
+    estimated on a CPU from the peak memory of two passes (see vitrun/benchmark.py).
+    """
+    from vitrun import benchmark
+    from vitrun.engine.device import place
+    from vitrun.models import spec
+
+    try:
+        placement = place(device, "auto", threads=threads)
+        on_gpu = placement.device.type == "cuda"
+        names = [n.strip() for n in model_names.split(",") if n.strip()] if model_names else list(benchmark.FIGURE12_MODELS if on_gpu else benchmark.CPU_MODELS)
+        for name in names:
+            spec(name)
+    except (ValueError, RuntimeError) as err:
+        _fail(str(err))
+    console = _console()
+    console.print(f"Figure 12 on {placement.describe()}: {', '.join(names)} at {', '.join(map(str, sizes))} px")
+    with console.status("measuring …") as status:
+        try:
+            points = benchmark.bench_inference(
+                names, sizes, placement, batch or (64 if on_gpu else 4), repeats, max_batch, int(memory_gib * 2**30),
+                on_point=lambda p: status.update(f"measured {p.model} at {p.image_size} px: {p.images_per_s_per_unit:,.1f} images/s per {p.unit}"),
+            )
+        except ValueError as err:  # e.g. an input size the model's patches do not divide
+            _fail(str(err))
+    from rich.table import Table
+
+    unit = points[0].unit
+    table = Table(title=f"Inference (arXiv 2010.11929, Figure 12) on {placement.describe()}", title_justify="left", header_style="bold")
+    for column in ("model", "size", "batch", "img/s", f"img/s per {unit}", "largest batch"):
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
+    marks = {"measured": "", "estimated": "≈", "capped": "≥", "unknown": ""}
+    for p in points:
+        largest = "–" if p.max_batch is None else f"{marks[p.max_batch_how]}{p.max_batch:,}"
+        table.add_row(p.model, str(p.image_size), str(p.batch), f"{p.images_per_s:,.1f}", f"{p.images_per_s_per_unit:,.1f}", largest)
+    table.caption = ("largest batch: ≈ estimated from the peak memory of two passes against --memory; ≥ the --max-batch bound" if not on_gpu
+                     else "largest batch: searched until out of memory; ≥ the --max-batch bound")
+    console.print(table)
+    csv_path, png_path = benchmark.write_inference(points, Path(out_dir), f"Inference on {placement.describe()}")
+    console.print(f"[dim]wrote {csv_path} and {png_path}[/dim]")
 
 
 def _source_options(items):

@@ -244,6 +244,7 @@ def _check_sources(path: Path, recipe: Recipe) -> None:
     from vitrun import data
 
     sections = [("pretrain", recipe.pretrain)] + [(f"transfer[{i}]", t) for i, t in enumerate(recipe.transfer)]
+    sections += [(f"analysis[{i}]", a) for i, a in enumerate(recipe.analysis) if a.data]
     for where, section in sections:
         try:
             data.check(section.data, data.SourceOptions.of(section.model_dump()), os.environ.get("VITRUN_CACHE"))

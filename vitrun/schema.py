@@ -260,6 +260,18 @@ class ExpectConfig(Section):
     tolerance: float = Field(ge=0)
 
 
+class AnalysisConfig(Section):
+    """One `[[analysis]]`: a figure of §4.5 drawn for every pre-training stage after the stages run.
+
+    Not a stage (no key, nothing trains): its PNG + CSV go to results/<experiment>/analysis/,
+    as `vitrun analyze EXPERIMENT` writes them (see vitrun/evals/analyze.py).
+    """
+
+    what: Literal["embedding-filters", "posemb-similarity", "attention-distance", "rollout"]
+    data: Optional[str] = Field(None, description="images for attention-distance and rollout; default the pre-training source")
+    images: Images = Field(64, description="test images averaged over (rollout draws the first 8)")
+
+
 class Recipe(Section):
     """A whole recipe file after sweep expansion (every swept key holds one value)."""
 
@@ -273,12 +285,22 @@ class Recipe(Section):
     transfer: list[TransferConfig] = Field(default_factory=list)
     run: RunConfig = Field(default_factory=RunConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    analysis: list[AnalysisConfig] = Field(default_factory=list)
     expect: list[ExpectConfig] = Field(default_factory=list)
 
     @field_validator("expect", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, dict) else value  # [expect] is one cell, [[expect]] several
+
+    @field_validator("analysis")
+    @classmethod
+    def _one_of_each(cls, analyses: list[AnalysisConfig]) -> list[AnalysisConfig]:
+        whats = [a.what for a in analyses]
+        twice = sorted({w for w in whats if whats.count(w) > 1})
+        if twice:
+            raise ValueError(f"[[analysis]] lists {', '.join(twice)} more than once; keep one table per analysis")
+        return analyses
 
     @field_validator("name")
     @classmethod

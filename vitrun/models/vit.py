@@ -79,6 +79,10 @@ class Attention(nn.Module):
 
     relative_rows > 0 adds the paper's relative attention (position.py): a table
     `relative_pos` (relative_rows, D/h), shared by the heads, whose logits bias the content's.
+
+    `keep_attention = True` (opt-in, for the analyses of §4.5: evals/analysis.py) computes the
+    same softmax explicitly and keeps its probabilities in `attention` (B, h, N, N); the
+    default path stays the fused `F.scaled_dot_product_attention`, which never forms them.
     """
 
     def __init__(self, width: int, heads: int, dropout: float, relative_rows: int = 0):
@@ -88,6 +92,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(width, width)
         self.drop = nn.Dropout(dropout)
         self.relative_pos = nn.Parameter(torch.empty(relative_rows, width // heads).normal_(std=0.02)) if relative_rows else None
+        self.keep_attention = False
+        self.attention: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, relative_index: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, N, D), relative_index: (N, N) table rows (relative only) -> (B, N, D)"""
@@ -95,7 +101,13 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads)  # (B, N, 3, h, D/h)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, D/h)
         bias = None if self.relative_pos is None else relative_bias(q, self.relative_pos, relative_index)  # (B, h, N, N)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, h, N, D/h), softmax(qkᵀ/√(D/h) + bias)v
+        if self.keep_attention:
+            logits = q @ k.transpose(-2, -1) / math.sqrt(D // self.heads)  # (B, h, N, N)
+            probs = (logits if bias is None else logits + bias).softmax(dim=-1)  # (B, h, N, N): rows sum to 1
+            self.attention = probs.detach()
+            x = probs @ v  # (B, h, N, D/h)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, h, N, D/h), softmax(qkᵀ/√(D/h) + bias)v
         x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, D): heads concatenated
         return self.drop(self.proj(x))
 
