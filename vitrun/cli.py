@@ -186,7 +186,8 @@ def validate_cmd(recipe, overrides):
 def models_cmd(fmt, model_names, image_size):
     """The paper's Table 1 for every registered model: layers, width, MLP, heads, parameters, tokens, FLOPs.
 
-    Counting every model takes a few seconds (each is built on torch's meta device).
+    Rows at 224 px are precounted and print at once; another --image-size counts each model
+    on torch's meta device (a few seconds for all of them).
     """
     import json
 

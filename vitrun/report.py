@@ -33,7 +33,7 @@ def load_frame(store: Store, experiment: str | None = None) -> pd.DataFrame:
     """One row per finished stage: dotted config columns, metrics, cost.
 
     Short aliases sit beside the dotted columns: `model` (model.name) and `data` (the
-    transfer dataset of transfer stages, the pre-training source of pre-training stages).
+    transfer dataset of transfer stages, the pre-training set's name or source of pre-training stages).
     """
     rows = []
     for record in store.records(experiment):
@@ -42,7 +42,8 @@ def load_frame(store: Store, experiment: str | None = None) -> pd.DataFrame:
         row.update(_flatten(config))
         row["model"] = config.get("model", {}).get("name")
         transfer = config.get("transfer") or {}
-        row["data"] = transfer.get("name") or transfer.get("data") or config.get("pretrain", {}).get("data")
+        pretrain = config.get("pretrain", {})
+        row["data"] = transfer.get("name") or transfer.get("data") or pretrain.get("name") or pretrain.get("data")
         row.update({k: v for k, v in record.get("metrics", {}).items() if not isinstance(v, (list, dict))})
         row.update({"wall_time_s": record.get("wall_time_s"), "flops": record.get("flops"), "device": record.get("device")})
         rows.append(row)

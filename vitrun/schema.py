@@ -89,6 +89,8 @@ class DataFields(Section):
         for name in _SOURCE_OPTIONS:
             if name in dumped and dumped[name] == DataFields.model_fields[name].default:
                 del dumped[name]
+        if dumped.get("name", "") is None:  # an unnamed set keeps the stage keys it had
+            del dumped["name"]
         return dumped
 
 
@@ -100,11 +102,14 @@ class PretrainConfig(DataFields):
     """`[pretrain]`: upstream training (Adam, warm-up, linear decay; paper Table 3)."""
 
     data: str = "fractal"
+    # The short name tables show for this pre-training set ("ImageNet-21k" rather than
+    # "wds:/data/in21k/*.tar"), as `[[transfer]] name`; part of the stage key only when set.
+    name: Optional[str] = None
     size: Optional[PositiveInt] = Field(None, description="class-balanced subset of N training images")
     image_size: PositiveInt = 224
     # 0: no pre-training; the initial weights (`model.init`, else a seeded random
-    # initialisation) go to the transfer stages as they are.
-    steps: NonNegativeInt
+    # initialisation) go to the transfer stages as they are. Required unless objective = "scratch".
+    steps: Optional[NonNegativeInt] = None
     batch_size: PositiveInt = 4096
     lr: PositiveFloat = 1e-3
     weight_decay: float = Field(0.1, ge=0)
@@ -122,6 +127,12 @@ class PretrainConfig(DataFields):
     # Softmax cross-entropy suits single-label sets; big_vision pre-trains on ImageNet-21k
     # with sigmoid cross-entropy (multi-label), available as "sigmoid".
     loss: Literal["softmax", "sigmoid"] = "softmax"
+
+    @model_validator(mode="after")
+    def _steps_given(self) -> "PretrainConfig":
+        if self.steps is None and self.objective != "scratch":
+            raise ValueError('steps is missing: give the number of pre-training steps (only objective = "scratch" goes without)')
+        return self
 
 
 LEARNING_RATES = (0.001, 0.003, 0.01, 0.03)  # the paper's fine-tuning grid (ImageNet: 0.003 … 0.06)
