@@ -165,8 +165,18 @@ class FinetuneConfig(Section):
     # How position embeddings follow a new resolution: bilinear as the official code
     # (scipy zoom, corners to corners), or bicubic.
     pos_embed_resample: Literal["bilinear", "bicubic"] = "bilinear"
+    # Keep the fine-tuned weights (weights.pt in the stage folder) for `vitrun evaluate` and
+    # `vitrun export`. Part of the stage key only when true: turning it on re-runs fine-tuning.
+    save_weights: bool = False
 
     _lr = field_validator("lr")(_one_or_distinct)
+
+    @model_serializer(mode="wrap")
+    def _drop_default_save(self, handler):
+        dumped = handler(self)
+        if not dumped.get("save_weights"):
+            dumped.pop("save_weights", None)  # results from before this option keep their keys
+        return dumped
 
 
 class FewshotConfig(Section):

@@ -170,7 +170,9 @@ def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
         lr = max(lr, key=lambda rate: dev[str(rate)])  # ties: the first listed
         chosen = {"lr": lr, "dev_accuracy": dev}
     model, summary = _finetuned(stage, ctx, ds.train, ds.num_classes, lr)
-    return {**summary, **chosen, "accuracy": accuracy(model, ds.test, f["image_size"], ctx), "train_images": len(ds.train)}
+    if f.get("save_weights"):
+        checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model)
+    return {**summary, **chosen, "accuracy": accuracy(model, ds.test, f["image_size"], ctx), "train_images": len(ds.train), "num_classes": ds.num_classes}
 
 
 def _finetuned(stage: Stage, ctx: Context, images, num_classes: int, lr: float) -> tuple[nn.Module, dict[str, Any]]:
