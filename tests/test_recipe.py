@@ -48,7 +48,7 @@ BROKEN = {
     "unknown sweep key": (TINY.replace('"pretrain.size"', '"pretrain.sise"'), "sweep.pretrain.sise: unknown key (did you mean 'pretrain.size'?)"),
     "empty sweep": (TINY.replace('"pretrain.size" = [16, 32]', '"pretrain.size" = []'), "sweep.pretrain.size: the list is empty"),
     "sweep not a list": (TINY.replace('"pretrain.size" = [16, 32]', '"pretrain.size" = 16'), "sweep.pretrain.size: expected a list"),
-    "missing required": (TINY.replace("steps = 6\n", ""), "pretrain.steps: required key is missing"),
+    "missing required": (TINY.replace("steps = 6\n", ""), "pretrain: steps is missing: give the number of pre-training steps"),
     "empty file": ("", "the file is empty"),
     "repeated rates": (TINY.replace("lr = 0.01\n", "lr = [0.01, 0.03, 0.01]\n"), "finetune.lr: values must be distinct, got [0.01, 0.03, 0.01]"),
     "masked-patch on a ResNet": (TINY.replace("[pretrain]", '[pretrain]\nobjective = "masked-patch"'), 'pretrain.objective = "masked-patch" needs a ViT; R14x0.25 is a resnet model'),

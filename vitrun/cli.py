@@ -215,7 +215,8 @@ def validate_cmd(recipe, overrides):
 def models_cmd(fmt, model_names, image_size):
     """The paper's Table 1 for every registered model: layers, width, MLP, heads, parameters, tokens, FLOPs.
 
-    Counting every model takes a few seconds (each is built on torch's meta device).
+    Rows at 224 px are precounted and print at once; another --image-size counts each model
+    on torch's meta device (a few seconds for all of them).
     """
     import json
 
@@ -497,6 +498,102 @@ def bench_inference_cmd(model_names, sizes, device, batch, repeats, max_batch, m
     console.print(table)
     csv_path, png_path = benchmark.write_inference(points, Path(out_dir), f"Inference on {placement.describe()}")
     console.print(f"[dim]wrote {csv_path} and {png_path}[/dim]")
+@main.command("evaluate")
+@click.argument("target")
+@click.option("--data", "source", required=True, help="The dataset, as a recipe's `data`: digits, folder:PATH, parquet:GLOB, hf:ID … (its classes must be the model's).")
+@click.option("--split", type=click.Choice(["test", "train", "validation"]), default="test", show_default=True, help="Which split to score.")
+@click.option("--image-size", type=click.IntRange(4), default=None, help="Evaluation resolution [default: the model's].")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A source option as in a recipe, e.g. --option label_column=fine_label. Repeatable.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True, help="json: {target, data, split, images, top1, top5, per_class, confusion}.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where the confusion matrix PNG and JSON go [default: the stage's folder, evaluation/<data>/; else ./evaluation/].")
+@click.option("--experiment", help="The experiment holding a stage key, when several do.")
+@results_option
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda when there is one).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), envvar="VITRUN_CACHE", help="Where generated datasets are cached [env VITRUN_CACHE; default ~/.cache/vitrun].")
+def evaluate_cmd(target, source, split, image_size, batch_size, options, fmt, out_dir, experiment, results, device, cache_dir):
+    """Score TARGET on a dataset: top-1, top-5, per-class accuracy and a confusion matrix.
+
+    \b
+    TARGET is a stage key under --results (a pre-training, or a fine-tuning run with
+    [finetune] save_weights = true), timm:NAME (timm's weights) or npz:PATH (an official
+    checkpoint). Examples:
+      vitrun evaluate finetune-1a2b3c4d5e6f --data digits
+      vitrun evaluate npz:ViT-B_16.npz --data folder:/data/imagenet --option test_split=val
+    """
+    import json
+
+    from vitrun import data, trained
+    from vitrun.engine.device import place
+    from vitrun.evals.evaluate import evaluate, save_confusion_png
+    from vitrun.report import slug
+    from vitrun.store import Store
+
+    opts = _source_options(options)
+    try:
+        data.check(source, opts, cache_dir)
+        model = trained.load(target, Store(results), experiment)
+        size = image_size or model.model.image_size
+        ds = data.load(source, image_size=size, cache_dir=cache_dir, options=opts)
+        images = {"test": ds.test, "train": ds.train, "validation": ds.validation}[split]
+        if images is None:
+            raise ValueError(f"{source} has no validation split; use --split test or train")
+        result = evaluate(model.model, images, size, place(device), batch_size)
+    except (trained.TargetError, data.SourceError, ValueError, RuntimeError) as err:
+        _fail(str(err))
+    out = Path(out_dir) if out_dir else trained.default_out(model, f"evaluation/{slug(source)}-{split}", Path("evaluation") / slug(f"{target}-{source}-{split}"))
+    document = {"target": target, "data": source, "split": split, "image_size": size, **result.to_json()}
+    _write_text(out / "evaluation.json", json.dumps(document, indent=2))
+    save_confusion_png(result, out / "confusion.png", f"{model.label} on {source} ({split})")
+    if fmt == "json":
+        click.echo(json.dumps(document, indent=2))
+        return
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"[bold]{model.label}[/bold] on {source} ({split}, {result.images:,} images at {size} px): "
+                  f"top-1 [bold]{result.top1:.1%}[/bold], top-5 {result.top5:.1%}")
+    table = Table(title="Per-class accuracy", title_justify="left", header_style="bold")
+    for column in ("class", "images", "accuracy (%)"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in document["per_class"]:
+        table.add_row(row["class"], f"{row['images']:,}", "–" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}")
+    console.print(table)
+    console.print(f"confusion matrix: {out / 'confusion.png'}; numbers: {out / 'evaluation.json'}")
+
+
+@main.command("export")
+@click.argument("target")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--to", "fmt", type=click.Choice(["timm", "npz", "safetensors"]), required=True, help="timm: timm's state dict (safetensors; .pth by suffix); npz: the official vit_jax/BiT layout; safetensors: vitrun's own, spec in the metadata.")
+@click.option("--experiment", help="The experiment holding a stage key, when several do.")
+@results_option
+def export_cmd(target, path, fmt, experiment, results):
+    """Write TARGET's weights to PATH for another tool.
+
+    \b
+    TARGET is a stage key under --results (a fine-tuned model needs [finetune]
+    save_weights = true), timm:NAME or npz:PATH. Examples:
+      vitrun export finetune-1a2b3c4d5e6f digits_vit.safetensors --to timm
+      vitrun export pretrain-1a2b3c4d5e6f vit.npz --to npz
+    """
+    from vitrun import trained
+    from vitrun.interop.export import export
+    from vitrun.store import Store
+
+    try:
+        model = trained.load(target, Store(results), experiment)
+        info = export(model.model, path, fmt)
+    except (trained.TargetError, ValueError) as err:
+        _fail(str(err))
+    _console().print(f"Wrote {model.label} to {path} ({fmt})")
+    _console().print(f"load it with: {info['load']}", soft_wrap=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    from vitrun.store import write_atomic
+
+    write_atomic(path, (text.rstrip("\n") + "\n").encode())
 
 
 def _source_options(items):

@@ -112,7 +112,9 @@ def _variant_stages(recipe: Recipe) -> list[Stage]:
             finetune = recipe.finetune.model_dump(mode="json")
             finetune["image_size"] = finetune["image_size"] or recipe.pretrain.image_size
             # A list of rates: one dev-split trial each, then the final run with the best.
-            trials = [make_stage("finetune_dev", {**base, "finetune": {**finetune, "lr": lr}}, (pretrain.key,)) for lr in _as_list(finetune["lr"])]
+            # Trials never keep weights: save_weights keys only the final run.
+            trial = {k: v for k, v in finetune.items() if k != "save_weights"}
+            trials = [make_stage("finetune_dev", {**base, "finetune": {**trial, "lr": lr}}, (pretrain.key,)) for lr in _as_list(finetune["lr"])]
             if len(trials) > 1:
                 out.extend(trials)
             parents = (pretrain.key, *(t.key for t in trials)) if len(trials) > 1 else (pretrain.key,)

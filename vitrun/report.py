@@ -68,7 +68,7 @@ def load_frame(store: Store, experiment: str | None = None) -> pd.DataFrame:
     """One row per recorded stage: dotted config columns, metrics, cost, status.
 
     Short aliases sit beside the dotted columns: `model` (model.name), `data` (the
-    transfer dataset of transfer stages, the pre-training source of pre-training stages),
+    transfer dataset of transfer stages, the pre-training set's name or source of pre-training stages),
     `status` ("done", or "failed"/"diverged" as the record says), `resolution` (the
     stage's image size), `pretrain_set` and `transfer_set` (the paper's dataset names
     where a source is one, see `vitrun.paper.paper_dataset`), `pretrain_key` (the
@@ -85,7 +85,7 @@ def load_frame(store: Store, experiment: str | None = None) -> pd.DataFrame:
         row["model"] = config.get("model", {}).get("name")
         pretrain = config.get("pretrain") or {}
         transfer = config.get("transfer") or {}
-        row["data"] = transfer.get("name") or transfer.get("data") or pretrain.get("data")
+        row["data"] = transfer.get("name") or transfer.get("data") or pretrain.get("name") or pretrain.get("data")
         section = config.get("finetune") if record.get("kind") in ("finetune", "finetune_dev") else None
         row["resolution"] = (section or {}).get("image_size") or pretrain.get("image_size")
         row["pretrain_set"] = section_dataset(pretrain) or pretrain.get("data")

@@ -108,6 +108,8 @@ class DataFields(Section):
         for name in _SOURCE_OPTIONS:
             if name in dumped and dumped[name] == DataFields.model_fields[name].default:
                 del dumped[name]
+        if dumped.get("name", "") is None:  # an unnamed set keeps the stage keys it had
+            del dumped["name"]
         return dumped
 
 
@@ -119,11 +121,14 @@ class PretrainConfig(DataFields):
     """`[pretrain]`: upstream training (Adam, warm-up, linear decay; paper Table 3)."""
 
     data: str = "fractal"
+    # The short name tables show for this pre-training set ("ImageNet-21k" rather than
+    # "wds:/data/in21k/*.tar"), as `[[transfer]] name`; part of the stage key only when set.
+    name: Optional[str] = None
     size: Optional[Images] = Field(None, description="class-balanced subset of N training images")
     image_size: ImageSize = 224
     # 0: no pre-training; the initial weights (`model.init`, else a seeded random
-    # initialisation) go to the transfer stages as they are.
-    steps: Steps
+    # initialisation) go to the transfer stages as they are. Required unless objective = "scratch".
+    steps: Optional[Steps] = None
     batch_size: Batch = 4096
     lr: PositiveFloat = 1e-3
     weight_decay: float = Field(0.1, ge=0)
@@ -141,6 +146,12 @@ class PretrainConfig(DataFields):
     # Softmax cross-entropy suits single-label sets; big_vision pre-trains on ImageNet-21k
     # with sigmoid cross-entropy (multi-label), available as "sigmoid".
     loss: Literal["softmax", "sigmoid"] = "softmax"
+
+    @model_validator(mode="after")
+    def _steps_given(self) -> "PretrainConfig":
+        if self.steps is None and self.objective != "scratch":
+            raise ValueError('steps is missing: give the number of pre-training steps (only objective = "scratch" goes without)')
+        return self
 
 
 LEARNING_RATES = (0.001, 0.003, 0.01, 0.03)  # the paper's fine-tuning grid (ImageNet: 0.003 … 0.06)
@@ -173,8 +184,18 @@ class FinetuneConfig(Section):
     # How position embeddings follow a new resolution: bilinear as the official code
     # (scipy zoom, corners to corners), or bicubic.
     pos_embed_resample: Literal["bilinear", "bicubic"] = "bilinear"
+    # Keep the fine-tuned weights (weights.pt in the stage folder) for `vitrun evaluate` and
+    # `vitrun export`. Part of the stage key only when true: turning it on re-runs fine-tuning.
+    save_weights: bool = False
 
     _lr = field_validator("lr")(_one_or_distinct)
+
+    @model_serializer(mode="wrap")
+    def _drop_default_save(self, handler):
+        dumped = handler(self)
+        if not dumped.get("save_weights"):
+            dumped.pop("save_weights", None)  # results from before this option keep their keys
+        return dumped
 
 
 class FewshotConfig(Section):

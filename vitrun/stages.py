@@ -175,8 +175,10 @@ def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
     predicted = predictions(model, ds.test, f["image_size"], ctx)
     # kept for metrics computed later from other labels (ImageNet-ReaL: `vitrun report --real`)
     write_atomic(ctx.stage_dir(stage.key).path / PREDICTIONS_FILE, predictions_bytes(predicted.tolist()))
+    if f.get("save_weights"):  # for `vitrun evaluate` and `vitrun export`
+        checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model)
     hits = (predicted == ds.test.labels).double().mean().item()
-    return {**summary, **chosen, "accuracy": hits, "train_images": len(ds.train)}
+    return {**summary, **chosen, "accuracy": hits, "train_images": len(ds.train), "num_classes": ds.num_classes}
 
 
 def _finetuned(stage: Stage, ctx: Context, images, num_classes: int, lr: float) -> tuple[nn.Module, dict[str, Any]]:

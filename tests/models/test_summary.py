@@ -53,3 +53,22 @@ def test_cli_models_json_and_table():
 def test_cli_models_errors(args, message):
     result = CliRunner().invoke(main, ["models", *args])
     assert result.exit_code == 2 and message in result.output
+
+
+STALE = "table1.json is stale: run python -c 'from vitrun.models.summary import write_precounted; write_precounted()'"
+
+
+def test_every_registered_model_is_precounted():
+    precounted = models.summary._precounted()
+    assert list(precounted) == models.registry.names(), STALE
+
+
+@pytest.mark.parametrize("name", ["ViT-Ti/16", "R50x1", "R14x0.25+ViT-Mu/8"])
+def test_precounted_rows_equal_a_recount(name):
+    assert models.summary._row(name, 224, 1000) == models.summary._precounted()[name], STALE
+
+
+@pytest.mark.slow
+def test_every_precounted_row_equals_a_recount():
+    for name, row in models.summary._precounted().items():
+        assert models.summary._row(name, 224, 1000) == row, f"{name}: {STALE}"

@@ -67,7 +67,7 @@ def resolve(target: str, store: Store, out: str | Path | None = None) -> list[Ta
     """The models `target` names (see the module docstring); AnalysisError when none."""
     if target.startswith(("timm:", "npz:")):
         folder = Path(out) if out else store.root / ANALYSIS_DIR
-        return [Target(target, folder, _slug(target), lambda: _load_pretrained(target), "digits", {})]
+        return [Target(target, folder, _slug(target), lambda: _load_pretrained(target, store), "digits", {})]
     experiments = store.experiments()
     if target in experiments:
         records = [r for r in store.records(target) if r.get("kind") == "pretrain"]
@@ -91,33 +91,25 @@ def _stage_target(store: Store, experiment: str, record: dict[str, Any], out: st
     folder = Path(out) if out else store.root / experiment / ANALYSIS_DIR
     section = config.get("pretrain", {})
     data = section.get("data") or "digits"  # "scratch" stages have no data
-    return Target(key, folder, key, lambda: _load_stage(store.stage(experiment, key).weights_file, config), data, section if section.get("data") else {})
+    return Target(key, folder, key, lambda: _load_stage(store, experiment, key), data, section if section.get("data") else {})
 
 
-def _load_stage(weights_file: Path, config: dict[str, Any]) -> nn.Module:
-    from vitrun import models
-    from vitrun.engine import checkpoint
-
-    spec = models.ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()})
-    state = checkpoint.load_weights(weights_file)
-    model = models.build(spec, state["head.weight"].shape[0], config["pretrain"]["image_size"])
-    model.load_state_dict(state)
-    return model
-
-
-def _load_pretrained(target: str) -> nn.Module:
-    from vitrun.interop import check_init, from_npz, from_timm
+def _load_stage(store: Store, experiment: str, key: str) -> nn.Module:
+    from vitrun import trained
 
     try:
-        check_init(target)
-        scheme, _, rest = target.partition(":")
-        if scheme == "npz":
-            return from_npz(rest)
-        from vitrun.interop.pretrained import _timm_pretrained  # timm's weights with one-line offline errors
+        return trained.from_stage(store.stage(experiment, key)).model
+    except trained.TargetError as err:
+        raise AnalysisError(str(err)) from None
 
-        return from_timm(_timm_pretrained(target, rest))
-    except (ValueError, FileNotFoundError) as err:
-        raise AnalysisError(str(err) if str(err).startswith(target) else f"{target}: {err}") from err
+
+def _load_pretrained(target: str, store: Store) -> nn.Module:
+    from vitrun import trained
+
+    try:
+        return trained.load(target, store).model
+    except trained.TargetError as err:
+        raise AnalysisError(str(err) if str(err).startswith(target) else f"{target}: {err}") from None
 
 
 def _slug(text: str) -> str:

@@ -85,7 +85,7 @@ def load_init(init: str, spec: ModelSpec, num_classes: int, image_size: int) -> 
     else:
         from .timm_models import timm_state
 
-        timm_model = _timm_pretrained(init, rest)
+        timm_model = timm_pretrained(init, rest)
         try:
             found, state, _ = timm_state(timm_model)  # timm's tensors: one more model is built, not two
         except ValueError as err:
@@ -98,7 +98,7 @@ def load_init(init: str, spec: ModelSpec, num_classes: int, image_size: int) -> 
 
 # -- timm's pre-trained weights ------------------------------------------------------------------
 
-def _timm_pretrained(init: str, name: str) -> "nn.Module":
+def timm_pretrained(init: str, name: str) -> "nn.Module":
     """timm.create_model(name, pretrained=True), with one-line errors and no minute of retries offline."""
     import timm
 
