@@ -135,7 +135,10 @@ def report_cmd(results, experiment, fmt, out_dir, allow_missing):
         _fail(f"{results}: no finished stages for experiment {experiment!r} (experiments: {hint})")
     if not names:
         _fail(f"{results}: no results yet; run a recipe first, e.g. `vitrun recipe quickstart`")
-    _print_report(store, names, fmt, out_dir, _console(), allow_missing)
+    try:
+        _print_report(store, names, fmt, out_dir, _console(), allow_missing)
+    except OSError as err:  # --out on a read-only or full disk, or under a file
+        _fail(f"{err.filename or out_dir}: cannot write ({err.strerror}); choose another --out", EXIT_FAILED)
 
 
 @main.command("ls")
