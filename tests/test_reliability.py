@@ -265,11 +265,14 @@ def test_doctor_lists_and_fixes(copy):
     (results / "small" / keys["finetune"] / "stage.json").write_bytes(b"")
     orphan = results / "small" / keys["pretrain"] / f".weights.pt.{durable.HOST}.999999999.x.tmp"
     orphan.write_bytes(b"x")
+    stale = results / "small" / keys["fewshot"] / ".lock"
+    stale.write_text(f"{durable.HOST} 999999999\n")  # its runner died
     found = _invoke("doctor", "--results", results)
     assert found.exit_code == 1
     text = " ".join(found.output.split())
-    assert "broken" in text and "orphaned" in text and "--fix would" in text
+    assert "broken" in text and "orphaned" in text and "stale lock" in text and "--fix would" in text
     fixed = _invoke("doctor", "--results", results, "--fix")
-    assert fixed.exit_code == 0 and not orphan.exists()
+    assert fixed.exit_code == 0 and not orphan.exists() and not stale.exists()
+    assert list((results / "small" / keys["finetune"]).glob("stage.json.broken-*"))
     assert _invoke("doctor", "--results", results).exit_code == 0
     assert "versions" in fixed.output and "torch" in fixed.output
