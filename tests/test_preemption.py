@@ -104,9 +104,17 @@ def _forked(recipe: Path, results: Path) -> int:
         os._exit(code)
 
 
-def _wait(pid: int) -> int:
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+def _wait(pid: int, timeout: float = 180.0) -> int:
+    """The child's exit code; a child that hangs is killed and the test fails."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"forked run {pid} hung for {timeout} s")
 
 
 def _snapshot(results: Path) -> dict[str, object]:

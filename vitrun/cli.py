@@ -151,7 +151,10 @@ def report_cmd(results, experiment, fmt, out_dir, paper, check, real_labels, fig
             real = load_real_labels(real_labels)
         except RealLabelsError as err:
             _fail(f"--real {err}")
-    failures = _print_report(store, names, fmt, out_dir, _console(), paper=paper, figures=figures, real=real, allow_missing=allow_missing)
+    try:
+        failures = _print_report(store, names, fmt, out_dir, _console(), paper=paper, figures=figures, real=real, allow_missing=allow_missing)
+    except OSError as err:  # --out on a read-only or full disk, or under a file
+        _fail(f"{err.filename or out_dir}: cannot write ({err.strerror}); choose another --out", EXIT_FAILED)
     if check and failures:
         for name, outcome in failures:
             click.echo(f"check failed: {name}: {outcome.describe()}", err=True)

@@ -29,11 +29,11 @@ MAX_IMAGE_SIZE = 8192
 MAX_CLASSES = 10**6
 MAX_IMAGES = 10**10
 Steps = Annotated[int, Field(ge=0, le=MAX_STEPS)]
-PositiveSteps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
-Batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
-ImageSize = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIZE)]
-Classes = Annotated[int, Field(ge=1, le=MAX_CLASSES)]
-Images = Annotated[int, Field(ge=1, le=MAX_IMAGES)]
+PositiveSteps = Annotated[int, Field(gt=0, le=MAX_STEPS)]
+Batch = Annotated[int, Field(gt=0, le=MAX_BATCH)]
+ImageSize = Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)]
+Classes = Annotated[int, Field(gt=0, le=MAX_CLASSES)]
+Images = Annotated[int, Field(gt=0, le=MAX_IMAGES)]
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 
@@ -201,11 +201,11 @@ class FinetuneConfig(Section):
 class FewshotConfig(Section):
     """`[fewshot]`: closed-form linear regression onto {-1, 1}^K on frozen features."""
 
-    shots: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(default_factory=lambda: [1, 5, 10, 25], min_length=1, max_length=100)
+    shots: list[Annotated[int, Field(gt=0, le=100_000)]] = Field(default_factory=lambda: [1, 5, 10, 25], min_length=1, max_length=100)
     # big_vision's fixed regulariser; a list is scored on the dev split (shots drawn from the
     # rest of the training split) and the best is used on the test split.
     l2_reg: Union[PositiveFloat, list[PositiveFloat]] = 2.0**10
-    draws: int = Field(3, ge=1, le=1000)  # random draws of the k shots, accuracy averaged
+    draws: int = Field(3, gt=0, le=1000)  # random draws of the k shots, accuracy averaged
 
     _l2 = field_validator("l2_reg")(_one_or_distinct)
 
@@ -227,7 +227,7 @@ class RunConfig(Section):
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
-    threads: Optional[Annotated[int, Field(ge=1, le=4096)]] = None
+    threads: Optional[Annotated[int, Field(gt=0, le=4096)]] = None
     checkpoint_seconds: PositiveFloat = 60.0
     log_every: PositiveSteps = 10
     # Loading of on-disk sources (embedded sources are in memory and use neither):
