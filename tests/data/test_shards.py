@@ -228,3 +228,16 @@ def transforms_view(images, i, size, kind, rng):
     from vitrun.data import transforms
 
     return transforms.view(images.image(i), size, kind, rng)
+
+
+def test_bench_data_on_tar_shards_reports_per_core_and_projection(shard_sets, tmp_path):
+    from click.testing import CliRunner
+
+    from vitrun.cli import main
+
+    args = ["bench", "data", f"wds:{shard_sets}/wds/*.tar", "--image-size", "16", "--batch-size", "8", "--steps", "2", "--workers", "1", "--project", "8", "--cache", str(tmp_path)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "60 training images" in text and "(1 workers)" in text
+    assert "per decoding core (CPU time, workers included)" in text and "projected on 8 cores (7 workers)" in text
