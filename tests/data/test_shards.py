@@ -66,8 +66,9 @@ def test_index_follows_a_changed_shard(tmp_path):
     assert (len(first.train), len(second.train)) == (8, 12)
 
 
-def test_batches_identical_for_0_1_2_workers_on_tar_shards(shard_sets, tmp_path):
-    ds = data.load(f"wds:{shard_sets}/wds/*.tar", image_size=16, cache_dir=tmp_path)
+@pytest.mark.parametrize("source", ["wds:{root}/wds/*.tar", "parquet:{root}/pq/*.parquet"])
+def test_batches_identical_for_0_1_2_workers_on_shards(source, shard_sets, tmp_path):
+    ds = data.load(source.format(root=shard_sets), image_size=16, cache_dir=tmp_path)
     runs = {}
     for workers in (0, 1, 2):
         batch_at = loader.train_batches(ds.train, 16, 10, 3, seed=1, crop="inception", settings=loader.LoaderSettings(workers=workers))
