@@ -103,7 +103,7 @@ def test_builtin_recipes_all_validate(monkeypatch):
             assert load(path.stem).variants
         except RecipeError as err:
             assert "cannot be downloaded here" in str(err) and "\n" not in str(err), str(err)
-    monkeypatch.setattr(sources, "_check_hf", lambda source: None)
+    monkeypatch.setattr(sources, "_check_hf", lambda source, options: None)
     monkeypatch.setattr(tv, "check", lambda name, options, cache_dir=None: None)
     sources.check.cache_clear()
     for path in paths:

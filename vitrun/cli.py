@@ -297,7 +297,7 @@ def bench_data_cmd(source, image_size, batch_size, workers, steps, crop, model, 
     if result.model_seconds:
         ratio = result.images_per_s / result.model_images_per_s
         verdict = "keeps the model busy" if ratio >= 1.5 else "about even with the model: little slack" if ratio >= 1 else "slower than the model: training waits for data"
-        console.print(f"  {result.model} training step: {result.model_images_per_s:,.0f} images/s ({1000 * result.model_seconds:.1f} ms per batch); loader/model = {ratio:.1f}x, {verdict}")
+        console.print(f"  {result.model} training step: {result.model_images_per_s:,.{0 if result.model_images_per_s >= 10 else 2}f} images/s ({1000 * result.model_seconds:.1f} ms per batch); loader/model = {ratio:.1f}x, {verdict}")
 
 
 @bench_group.command("model")

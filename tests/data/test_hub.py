@@ -108,6 +108,8 @@ def test_validate_reads_the_description_missing_label_and_gated(hub):
     with pytest.raises(SourceError, match=r"several label columns \(a, b; columns: image, a, b\); set label_column"):
         check("hf:me/two")
     check("hf:me/two", SourceOptions(label_column="b"))
+    hub.repos["me/cifar100"] = SimpleNamespace(gated=False, info=_info(datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=["x"]), "coarse_label": datasets.ClassLabel(names=["y"])})))
+    check("hf:me/cifar100")  # two ClassLabels, one of them a label name: that one
     with pytest.raises(SourceError, match=r"no split 'test' \(splits: train, validation\)"):
         check("hf:me/cls", SourceOptions(test_split="test"))
     with pytest.raises(SourceError, match=r"hf:me/gated is gated and this machine has no access; .*huggingface-cli login"):

@@ -66,8 +66,9 @@ def test_index_follows_a_changed_shard(tmp_path):
     assert (len(first.train), len(second.train)) == (8, 12)
 
 
-def test_batches_identical_for_0_1_2_workers_on_tar_shards(shard_sets, tmp_path):
-    ds = data.load(f"wds:{shard_sets}/wds/*.tar", image_size=16, cache_dir=tmp_path)
+@pytest.mark.parametrize("source", ["wds:{root}/wds/*.tar", "parquet:{root}/pq/*.parquet"])
+def test_batches_identical_for_0_1_2_workers_on_shards(source, shard_sets, tmp_path):
+    ds = data.load(source.format(root=shard_sets), image_size=16, cache_dir=tmp_path)
     runs = {}
     for workers in (0, 1, 2):
         batch_at = loader.train_batches(ds.train, 16, 10, 3, seed=1, crop="inception", settings=loader.LoaderSettings(workers=workers))
@@ -228,3 +229,16 @@ def transforms_view(images, i, size, kind, rng):
     from vitrun.data import transforms
 
     return transforms.view(images.image(i), size, kind, rng)
+
+
+def test_bench_data_on_tar_shards_reports_per_core_and_projection(shard_sets, tmp_path):
+    from click.testing import CliRunner
+
+    from vitrun.cli import main
+
+    args = ["bench", "data", f"wds:{shard_sets}/wds/*.tar", "--image-size", "16", "--batch-size", "8", "--steps", "2", "--workers", "1", "--project", "8", "--cache", str(tmp_path)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "60 training images" in text and "(1 workers)" in text
+    assert "per decoding core (CPU time, workers included)" in text and "projected on 8 cores (7 workers)" in text

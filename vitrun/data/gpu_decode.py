@@ -75,12 +75,16 @@ def assemble(items: list, size: int, device: torch.device) -> torch.Tensor:
 
 
 def _decode(data: list[torch.Tensor], where: list[str], device: torch.device) -> list[torch.Tensor]:
-    with warnings.catch_warnings():  # torchvision 0.29 points to torchcodec; decode_jpeg still works
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from torchvision.io import ImageReadMode, decode_jpeg
-
     if not data:
         return []
+    with warnings.catch_warnings():  # torchvision 0.29 points to torchcodec on every call; decode_jpeg still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _decode_all(data, where, device)
+
+
+def _decode_all(data: list[torch.Tensor], where: list[str], device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     try:
         return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
     except RuntimeError:  # one bad file fails the batch: decode one by one to find it
