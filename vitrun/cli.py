@@ -725,6 +725,7 @@ def _write_outputs(folder: Path, built, fmt, tables: bool, experiment_dir: Path)
     if fmt == "html":
         page = folder / "report.html"
         write_atomic(page, html_page.render(built, drawn, experiment_dir).encode())
+        page.chmod(0o644)  # a page to share: readable like any other written file
         written.append(f"page {page}")
     elif tables:
         for table in built.tables:

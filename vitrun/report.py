@@ -171,7 +171,7 @@ def _pivot(name: str, frame: pd.DataFrame, spec: TableSpec) -> Table:
     if done.empty:
         mean = pd.Series(dtype=float, index=pd.MultiIndex.from_tuples([], names=by) if len(by) > 1 else pd.Index([], name=by[0]))
     elif spec.aggregate == "mean" and "seed" in done.columns and "seed" not in by:
-        per_seed = done.groupby(by + ["seed"])[spec.values].mean()
+        per_seed = done.assign(seed=done["seed"].fillna(-1)).groupby(by + ["seed"])[spec.values].mean()  # a record without a seed is one seed
         grouped = per_seed.groupby(level=list(range(len(by))))
         mean, std, count = grouped.mean(), grouped.std(ddof=1), grouped.count()
     else:
