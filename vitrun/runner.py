@@ -15,10 +15,10 @@ from typing import Any, Iterable
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vitrun import __version__
 from vitrun.plan import Stage
+from vitrun.progress import RunProgress
 from vitrun.recipe import LoadedRecipe
 from vitrun.store import FINISHED, BrokenRecord, StageDir, Store, write_atomic
 
@@ -124,28 +124,21 @@ def _run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: 
     run = loaded.variants[0].run
     placement = place(run.device, run.precision, run.compile, run.threads)
     console.print(f"Running {len(todo)} stages on {placement.describe()}")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        overall = progress.add_task("stages", total=len(todo))
-        steps = progress.add_task("", total=1, visible=False)
-
-        def on_step(step: int, loss: float) -> None:
-            progress.update(steps, completed=step)
+    with RunProgress(console, len(todo)) as progress:
 
         def notice(message: str) -> None:
             console.print(f"[yellow]note:[/yellow] {escape(message)}", soft_wrap=True)
 
-        ctx = Context(store=store, experiment=experiment, placement=placement, run=run, cache_dir=cache_dir, on_step=on_step, on_notice=notice)
+        ctx = Context(store=store, experiment=experiment, placement=placement, run=run, cache_dir=cache_dir, on_step=progress.step, on_notice=notice)
         for stage in todo:
-            progress.advance(overall)
+            progress.advance()
             sd = store.stage(experiment, stage.key)
             blocker = next((key for key in stage.parents if store.stage(experiment, key).status() != "done"), None)
             if blocker:
                 summary.blocked[stage.key] = blocker
                 console.print(f"[yellow]–[/yellow] {describe(stage, swept)}  skipped: parent {blocker} is {store.stage(experiment, blocker).status()}", soft_wrap=True)
                 continue
-            total = _steps(stage)
-            progress.update(steps, description=f"  {stage.kind} {stage.model} · {stage.detail}", total=total or 1, completed=0, visible=bool(total))
+            progress.stage(f"{stage.kind} {stage.model} · {stage.detail}", _steps(stage), int(stage.training["batch_size"]) if stage.training else 0)
             with sd.lock(on_wait=lambda who: console.print(f"[yellow]waiting[/yellow] for {who}, which holds {sd.path / '.lock'}", soft_wrap=True)):
                 now = sd.status()
                 if now in FINISHED:  # another runner finished it while we waited
