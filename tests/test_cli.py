@@ -153,3 +153,30 @@ def test_finetune_keeps_its_test_predictions(finished_run):
     record = json.loads((folder / "stage.json").read_text())
     assert predicted and all(isinstance(p, int) for p in predicted)
     assert record["metrics"]["accuracy"] * len(predicted) == pytest.approx(round(record["metrics"]["accuracy"] * len(predicted)))
+
+
+def test_a_set_variant_never_blends_into_the_recipe_table(finished_run, tmp_path):
+    import shutil
+
+    recipe, shared, _ = finished_run
+    results = tmp_path / "results"
+    shutil.copytree(shared, results)  # the shared run stays as the other tests expect it
+
+    def table(*args):
+        doc = json.loads(_invoke("report", "--results", str(results), "--format", "json", *args).output)
+        return doc["tables"][0]
+
+    before = table()
+    variant = _invoke("recipe", str(recipe), "--results", str(results), "--set", "finetune.lr=0.03")
+    assert variant.exit_code == 0, variant.output
+    assert "Ran 8 stages" in variant.output
+    assert "not in these tables, from other runs of this experiment: as written (8 stages)" in variant.output
+    after = table()
+    assert after["data"] == before["data"] and after["index"] == before["index"], "the recipe's own table is unchanged"
+    plain = _invoke("report", "--results", str(results))
+    assert "--set finetune.lr=0.03 (8 stages)" in plain.output and "--all" in plain.output
+    both = table("--all")
+    runs = {row[0] for row in both["index"]}
+    assert runs == {"as written", "--set finetune.lr=0.03"}
+    mine = [both["data"][i] for i, row in enumerate(both["index"]) if row[0] == "as written"]
+    assert mine == before["data"], "labelled rows of the recipe as written keep their numbers"

@@ -110,7 +110,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast)
     if loaded.variants[0].analysis:
         _run_recipe_analyses(loaded, stages, store, console, cache_dir)
     if store.experiments() and loaded.name in store.experiments():
-        _print_report(store, [loaded.name], "table", None, console, allow_missing=True)
+        _print_report(store, [loaded.name], "table", None, console, allow_missing=True, run=loaded.run_label)
     print_summary(summary, console)
     if not summary.complete:
         sys.exit(EXIT_FAILED)
@@ -126,7 +126,8 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast)
 @click.option("--real", "real_labels", type=click.Path(dir_okay=False), help="ReaL labels (the public real.json) to score fine-tuned ImageNet stages on ImageNet-ReaL, from the test predictions each keeps; the test split must be the validation set in file-name order.")
 @click.option("--figures", is_flag=True, help="Write the paper-style figures (PNG and SVG) to results/<experiment>/report/ (--out and --format html write them anyway).")
 @click.option("--allow-missing", is_flag=True, help="Exit 0 even when some stage records cannot be read or verified (they are still listed under the tables).")
-def report_cmd(results, experiment, fmt, out_dir, paper, check, real_labels, figures, allow_missing):
+@click.option("--all", "every_run", is_flag=True, help="Every run of an experiment (the recipe as written and each --set variant), each labelled in a `run` row level; default: the recipe as written, and other runs listed under the tables.")
+def report_cmd(results, experiment, fmt, out_dir, paper, check, real_labels, figures, allow_missing, every_run):
     """Rebuild the tables (and figures) of finished stages under --results.
 
     Each experiment's tables come from its recipe's [report] section; an experiment
@@ -152,7 +153,7 @@ def report_cmd(results, experiment, fmt, out_dir, paper, check, real_labels, fig
         except RealLabelsError as err:
             _fail(f"--real {err}")
     try:
-        failures = _print_report(store, names, fmt, out_dir, _console(), paper=paper, figures=figures, real=real, allow_missing=allow_missing)
+        failures = _print_report(store, names, fmt, out_dir, _console(), paper=paper, figures=figures, real=real, allow_missing=allow_missing, every_run=every_run)
     except OSError as err:  # --out on a read-only or full disk, or under a file
         _fail(f"{err.filename or out_dir}: cannot write ({err.strerror}); choose another --out", EXIT_FAILED)
     if check and failures:
@@ -655,12 +656,14 @@ def _plan_table(experiment: str, stages, store, swept=()):
     return table
 
 
-def _print_report(store, experiments, fmt, out_dir, console, paper=False, figures=False, real=None, allow_missing=False) -> list:
+def _print_report(store, experiments, fmt, out_dir, console, paper=False, figures=False, real=None, allow_missing=False, run=None, every_run=False) -> list:
     """Print (and with out_dir write) each experiment's report; returns the [[expect]] cells
     that miss, as (experiment, outcome)."""
     import json
 
     from pydantic import ValidationError
+
+    from rich.markup import escape
 
     from vitrun import report, reporting
 
@@ -668,7 +671,7 @@ def _print_report(store, experiments, fmt, out_dir, console, paper=False, figure
     problems = [p for name in experiments for p in store.scan(name).problems]
     for name in experiments:
         try:
-            built = reporting.build(store, name, paper=paper, real=real)
+            built = reporting.build(store, name, paper=paper, real=real, run=run, every_run=every_run)
         except report.ReportError as err:
             _fail(f"{(store.recipe(name) or {}).get('path', name)}: {err}")
         except ValidationError as err:
@@ -684,7 +687,7 @@ def _print_report(store, experiments, fmt, out_dir, console, paper=False, figure
             for title, frame, notes in listings:
                 console.print(reporting.rich_listing(title, frame, notes))
             for note in built.notes():
-                console.print(f"[yellow]{note}[/yellow]")
+                console.print(f"[yellow]{escape(note)}[/yellow]", soft_wrap=True)
         elif fmt not in ("json", "html"):
             texts = [report.render_text(t, fmt) for t in built.tables] + [reporting.render_listing(*item, fmt) for item in listings]
             click.echo("\n".join(texts + built.notes()))

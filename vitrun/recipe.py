@@ -44,6 +44,12 @@ class LoadedRecipe:
     raw: dict[str, Any]  # the file after --set overrides, sweep included
     sweeps: list[dict[str, list[Any]]]  # one per [sweep] table: canonical dotted key -> values
     variants: list[Recipe]  # the union of each sweep table's Cartesian product, validated
+    overrides: tuple[str, ...] = ()  # the --set items applied, as given
+
+    @property
+    def run_label(self) -> str:
+        """Which run of the experiment this is, for reports: "" as written, else its --set items."""
+        return " ".join(f"--set {item}" for item in self.overrides)
 
     def swept_keys(self, shown_elsewhere: tuple[str, ...] = ("model.name", "pretrain.size")) -> list[str]:
         """Dotted keys that tell variants apart, in recipe order, minus those shown on their own."""
@@ -86,7 +92,7 @@ def load(name_or_path: str, overrides: typing.Sequence[str] = ()) -> LoadedRecip
             if fingerprint not in seen:  # [[sweep]] tables may overlap: each variant once
                 seen.add(fingerprint)
                 variants.append(_validate(path, variant, sweep, label))
-    return LoadedRecipe(path=path, name=str(raw["name"]), raw=raw, sweeps=[s for _, s in sweeps], variants=variants)
+    return LoadedRecipe(path=path, name=str(raw["name"]), raw=raw, sweeps=[s for _, s in sweeps], variants=variants, overrides=tuple(overrides))
 
 
 # -- reading ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ class ExperimentReport:
     outcomes: list[Outcome]
     unfinished: list[str]
     recipe: dict[str, Any] = field(default_factory=dict)  # recipe.json: name, path, recipe, report
-    real_notes: list[str] = field(default_factory=list)  # ImageNet stages --real could not score
+    extra_notes: list[str] = field(default_factory=list)  # other runs left out; ImageNet stages --real could not score
 
     def listings(self) -> list[tuple[str, pd.DataFrame, list[str]]]:
         """Tables that are lists of cells rather than pivots: (title, frame, notes)."""
@@ -43,9 +43,9 @@ class ExperimentReport:
     def notes(self) -> list[str]:
         """Experiment-level lines under the tables."""
         if not self.unfinished:
-            return list(self.real_notes)
+            return list(self.extra_notes)
         shown = ", ".join(self.unfinished[:5]) + (" …" if len(self.unfinished) > 5 else "")
-        return [f"{len(self.unfinished)} unfinished stage{'s' if len(self.unfinished) > 1 else ''} (no stage.json yet, not in the tables): {shown}", *self.real_notes]
+        return [f"{len(self.unfinished)} unfinished stage{'s' if len(self.unfinished) > 1 else ''} (no stage.json yet, not in the tables): {shown}", *self.extra_notes]
 
     def failures(self) -> list[Outcome]:
         return [o for o in self.outcomes if not o.passed]
@@ -65,18 +65,59 @@ class ExperimentReport:
         return report.to_json(self.name, self.tables, extra)
 
 
-def build(store: Store, name: str, paper: bool = False, real: list[list[int]] | None = None) -> ExperimentReport:
+def build(store: Store, name: str, paper: bool = False, real: list[list[int]] | None = None,
+          run: str | None = None, every_run: bool = False) -> ExperimentReport:
     """`real`: ReaL labels (`vitrun.paper.real.load_real_labels`) to score ImageNet stages with.
-    Raises report.ReportError (a table names an unknown column) or ValueError (a bad [[expect]])."""
+    `run`: whose stages the tables show (a `LoadedRecipe.run_label`; default the recipe as
+    written, else the latest run); `every_run`: every stage, with a `run` row level naming
+    each stage's run. Raises report.ReportError (a table names an unknown column) or
+    ValueError (a bad [[expect]])."""
     frame, real_notes = report.load_frame(store, name), []
+    saved = store.recipe(name) or {}
+    unfinished = report.unfinished_stages(store, name, frame["key"].dropna() if "key" in frame else ())
+    frame, run_notes = _one_run(frame, saved.get("runs") or [], run, every_run)
     if real is not None:
         frame, real_notes = add_real(frame, store.root / name, real)
     frame = add_paper_columns(frame)
-    saved = store.recipe(name) or {}
     specs = [TableSpec(**t) for t in saved.get("report", {}).get("tables", [])] or report.default_tables(frame)
+    if every_run and "run" in frame and frame["run"].nunique() > 1:
+        specs = [spec.model_copy(update={"rows": ["run", *_as_rows(spec.rows)]}) for spec in specs]
     tables = report.build_tables(frame, specs)
     cells = [ExpectConfig(**c) for c in _as_list((saved.get("recipe") or {}).get("expect"))]
-    return ExperimentReport(name, frame, tables, paper_table(frame) if paper else None, evaluate(frame, cells), report.unfinished_stages(store, name, frame["key"].dropna() if "key" in frame else ()), saved, real_notes)
+    return ExperimentReport(name, frame, tables, paper_table(frame) if paper else None, evaluate(frame, cells), unfinished, saved, run_notes + real_notes)
+
+
+AS_WRITTEN = "as written"  # the run label of a recipe run without --set
+
+
+def _one_run(frame: pd.DataFrame, runs: list[dict[str, Any]], run: str | None, every_run: bool) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of one run (a recipe as written, or one `--set` variant), so a table never
+    averages stages of different settings; with every_run all rows, labelled in `run`.
+    recipe.json of an older vitrun records no runs: every stage counts as the recipe's."""
+    if frame.empty or not runs:
+        return frame, []
+    plans = {r.get("set", ""): set(r.get("stages") or []) for r in runs}
+    current = run if run in plans else "" if "" in plans else list(plans)[-1]
+    order = [current] + [label for label in plans if label != current]
+
+    def label(key: str) -> str:
+        found = next((name for name in order if key in plans[name]), None)
+        return "other settings" if found is None else (found or AS_WRITTEN)
+
+    frame = frame.assign(run=frame["key"].map(label))
+    mine = frame["key"].isin(plans[current])
+    if every_run:
+        return frame, []
+    others = frame[~mine]
+    if others.empty:
+        return frame, []
+    counts = others["run"].value_counts()
+    listed = "; ".join(f"{name} ({n} stage{'s' if n > 1 else ''})" for name, n in counts.items())
+    return frame[mine], [f"not in these tables, from other runs of this experiment: {listed}; `vitrun report --all` shows every run, labelled"]
+
+
+def _as_rows(rows: Any) -> list[str]:
+    return [rows] if isinstance(rows, str) else list(rows)
 
 
 def render_listing(title: str, frame: pd.DataFrame, notes: list[str], fmt: str) -> str:

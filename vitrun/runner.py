@@ -111,7 +111,7 @@ def _run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: 
             todo.append(stage)
     if summary.skipped:
         console.print(f"[dim]{len(summary.skipped)} of {len(stages)} stages already done (skipped): results in {store.root / experiment}[/dim]", soft_wrap=True)
-    store.write_recipe(experiment, _recipe_record(loaded))
+    store.write_recipe(experiment, _recipe_record(loaded, store.recipe(experiment)))
     if not todo:
         return summary
 
@@ -258,11 +258,20 @@ def _stage_record(stage: Stage, experiment: str, status: str, metrics: dict[str,
     }
 
 
-def _recipe_record(loaded: LoadedRecipe) -> dict[str, Any]:
+def _recipe_record(loaded: LoadedRecipe, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """recipe.json: the recipe as last run, and every run's plan (the recipe as written, and
+    each `--set` variant, latest last), so a report shows one configuration's stages, never a
+    blend of runs with different settings."""
+    from vitrun.plan import plan
+
+    label = loaded.run_label
+    runs = [r for r in (previous or {}).get("runs", []) if isinstance(r, dict) and r.get("set") != label]
+    runs.append({"set": label, "stages": sorted(stage.key for stage in plan(loaded.variants))})
     first = loaded.variants[0]
     return {
         "name": loaded.name,
         "path": str(loaded.path),
         "recipe": loaded.raw,
         "report": first.report.model_dump(mode="json"),
+        "runs": runs,
     }
