@@ -126,6 +126,13 @@ def test_failed_and_diverged_are_shown_and_counted(tmp_path):
     assert "1 unfinished stage (no stage.json yet, not in the tables): finetune-0123456789ab" in output
 
 
+def test_only_failed_stages_still_make_a_table(tmp_path):
+    store = Store(tmp_path)
+    write(store, "e", "finetune", transfer_config(pretrain_config({"name": "ViT-Mu/4"}, "fractal", size=500), "digits", 32), None, status="failed")
+    (table,) = build_tables(load_frame(store), [TableSpec(name="t", kind="finetune")])
+    assert table.cell("ViT-Mu/4", 500) == "failed" and table.notes == ("not averaged in: 1 failed stage",)
+
+
 def test_expect_and_check(tmp_path):
     store = Store(tmp_path)
     smoke_b16(store, "e")

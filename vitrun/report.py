@@ -97,6 +97,8 @@ def load_frame(store: Store, experiment: str | None = None) -> pd.DataFrame:
         row["versions"] = " ".join(f"{k} {v}" for k, v in sorted((record.get("versions") or {}).items())) or None
         rows.append(row)
     frame = pd.DataFrame(rows)
+    if not frame.empty and "accuracy" not in frame:  # every stage failed: still a table of statuses
+        frame["accuracy"] = float("nan")
     if not frame.empty:
         pretrain_flops = frame[frame["kind"] == "pretrain"].set_index("key")["flops"]
         frame["pretrain_exaflops"] = pd.to_numeric(frame["pretrain_key"].map(pretrain_flops), errors="coerce") / 1e18
