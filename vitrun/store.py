@@ -16,7 +16,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,9 +231,3 @@ class Store:
         """Every verified record; see `scan` for the ones that do not verify."""
         yield from self.scan(experiment).records
 
-
-def finite_or_none(value: Any) -> Any:
-    """JSON has no NaN or infinity: store them as null (a diverged loss is recorded as text)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -120,9 +120,15 @@ def test_torn_metrics_line_is_dropped_on_resume(tmp_path):
     assert [r["step"] for r in _rows(sd)] == [2, 4, 6, 8, 10, 12]
 
 
-@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated", b"not a checkpoint"])
-def test_unreadable_checkpoint_is_set_aside_and_the_stage_starts_over(tmp_path, content):
-    straight, _, _ = _run(tmp_path, "straight")
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted run, shared by the tests that compare against it."""
+    model, _, _ = _run(tmp_path_factory.mktemp("straight"), "straight")
+    return model
+
+
+@pytest.mark.parametrize("content", [pytest.param(b"", id="empty"), pytest.param(b"PK\x03\x04 torn zip", id="torn")])
+def test_unreadable_checkpoint_is_set_aside_and_the_stage_starts_over(tmp_path, content, straight):
     sd = StageDir(tmp_path / "bad")
     sd.path.mkdir()
     sd.checkpoint_file.write_bytes(content)
