@@ -242,3 +242,14 @@ def test_bench_data_on_tar_shards_reports_per_core_and_projection(shard_sets, tm
     text = " ".join(result.output.split())
     assert "60 training images" in text and "(1 workers)" in text
     assert "per decoding core (CPU time, workers included)" in text and "projected on 8 cores (7 workers)" in text
+
+
+def test_index_built_by_a_process_pool_matches_one_process(tmp_path):
+    paths = [str(p) for p in write_wds(tmp_path / "s", "train", 4, TRAIN[:20])]
+    pooled = shards.index_tars(paths, "jpg", "cls", tmp_path / "a", "wds:test", workers=2)
+    alone = shards.index_tars(paths, "jpg", "cls", tmp_path / "b", "wds:test", workers=1)
+    for name in ("shard", "a", "b", "labels"):
+        assert np.array_equal(getattr(pooled, name), getattr(alone, name))
+    Path(paths[2]).write_bytes(Path(paths[2]).read_bytes()[:700])  # cut inside the first image
+    with pytest.raises(SourceError, match=rf"{paths[2]}: truncated: member s\d+\.jpg at byte 512 runs past the end"):
+        shards.index_tars(paths, "jpg", "cls", tmp_path / "c", "wds:test", workers=2)

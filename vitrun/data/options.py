@@ -21,6 +21,9 @@ class SourceError(ValueError):
         super().__init__(message)
         self.key = key
 
+    def __reduce__(self):  # raised in index-building processes: must survive pickling
+        return (type(self), (self.key, str(self)))
+
 
 @dataclass(frozen=True)
 class SourceOptions:
