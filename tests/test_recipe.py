@@ -42,7 +42,7 @@ BROKEN = {
     "unknown key in list item": (TINY.replace('data = "digits"', 'data = "digits"\ncolour = 1'), "transfer[0].colour: unknown key"),
     "unknown report key": (TINY.replace('kind = "finetune"', 'kind = "finetune"\nrowz = "x"'), "report.tables[0].rowz: unknown key (did you mean 'rows'?)"),
     "wrong type": (TINY.replace("steps = 6", 'steps = "six"'), "pretrain.steps: Input should be a valid integer"),
-    "negative size": (TINY.replace('"pretrain.size" = [16, 32]', '"pretrain.size" = [16, -5]'), "sweep.pretrain.size: Input should be greater than or equal to 1"),
+    "negative size": (TINY.replace('"pretrain.size" = [16, 32]', '"pretrain.size" = [16, -5]'), "sweep.pretrain.size: Input should be greater than 0"),
     "unknown model": (TINY.replace('"R14x0.25"]', '"ViT-Q/16"]'), "unknown model 'ViT-Q/16'"),
     "unknown data": (TINY.replace('data = "digits"', 'data = "digts"'), "transfer[0].data: unknown data source 'digts' (did you mean 'digits'?)"),
     "unknown sweep key": (TINY.replace('"pretrain.size"', '"pretrain.sise"'), "sweep.pretrain.sise: unknown key (did you mean 'pretrain.size'?)"),

@@ -138,7 +138,7 @@ def _run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: 
                 summary.blocked[stage.key] = blocker
                 console.print(f"[yellow]–[/yellow] {describe(stage, swept)}  skipped: parent {blocker} is {store.stage(experiment, blocker).status()}", soft_wrap=True)
                 continue
-            progress.stage(f"{stage.kind} {stage.model} · {stage.detail}", _steps(stage), int(stage.training["batch_size"]) if stage.training else 0)
+            progress.stage(f"{stage.kind} {stage.model} · {stage.detail}", _steps(stage), int((stage.training or {}).get("batch_size", 0)))
             with sd.lock(on_wait=lambda who: console.print(f"[yellow]waiting[/yellow] for {who}, which holds {sd.path / '.lock'}", soft_wrap=True)):
                 now = sd.status()
                 if now in FINISHED:  # another runner finished it while we waited
