@@ -51,7 +51,7 @@ def test_rerun_skips_everything(finished_run):
 def test_report_json_matches_records(finished_run):
     _, results, _ = finished_run
     result = _invoke("report", "--results", str(results), "--format", "json")
-    doc = json.loads(result.output)
+    (doc,) = json.loads(result.output)  # always a list, one entry per experiment
     assert doc["experiment"] == "tiny"
     (table,) = doc["tables"]
     records = [json.loads(p.read_text()) for p in (results / "tiny").glob("finetune-*/stage.json")]
@@ -129,7 +129,7 @@ def test_quickstart_end_to_end(tmp_path):
     """The README's first command: the built-in quickstart, a 3 × 3 table of accuracies."""
     results = tmp_path / "results"
     assert _invoke("recipe", "quickstart.toml", "--results", str(results)).exit_code == 0
-    doc = json.loads(_invoke("report", "--results", str(results), "--format", "json").output)
+    (doc,) = json.loads(_invoke("report", "--results", str(results), "--format", "json").output)
     first = doc["tables"][0]
     assert len(first["index"]) == 3 and len(first["columns"]) == 3
     assert all(0 <= v <= 100 for row in first["data"] for v in row)
@@ -163,7 +163,7 @@ def test_a_set_variant_never_blends_into_the_recipe_table(finished_run, tmp_path
     shutil.copytree(shared, results)  # the shared run stays as the other tests expect it
 
     def table(*args):
-        doc = json.loads(_invoke("report", "--results", str(results), "--format", "json", *args).output)
+        (doc,) = json.loads(_invoke("report", "--results", str(results), "--format", "json", *args).output)
         return doc["tables"][0]
 
     before = table()

@@ -79,7 +79,7 @@ def objectives_run(tmp_path_factory):
 def test_every_objective_runs_and_is_reported(objectives_run):
     results, _ = objectives_run
     report = CliRunner().invoke(main, ["report", "--results", str(results), "--format", "json"], catch_exceptions=False)
-    (table,) = json.loads(report.output)["tables"]
+    (table,) = json.loads(report.output)[0]["tables"]
     assert sorted(table["index"]) == ["masked-patch", "scratch", "supervised"]
     assert all(0.0 <= row[0] <= 100.0 for row in table["data"])
     pretrains = {r["config"]["pretrain"]["objective"]: r for r in _records(results, "pretrain")}

@@ -40,7 +40,7 @@ def test_smoke_run_meets_table5(tmp_path):
     smoke_b16(store)
     result = _invoke("report", "--results", tmp_path, "--paper", "--format", "json")
     assert result.exit_code == 0, result.output
-    (row,) = json.loads(result.output)["paper"]
+    (row,) = json.loads(result.output)[0]["paper"]
     assert row["model"] == "ViT-B/16" and row["pre-training"] == "ImageNet-21k" and row["dataset"] == "ImageNet" and row["resolution"] == 384
     assert row["paper"] == 83.97 and row["ours"] == pytest.approx(80.5) and row["n"] == 2 and row["std"] == pytest.approx(0.71)
     assert row["delta"] == pytest.approx(80.5 - 83.97, abs=0.01) and row["source"].startswith("Table 5")
@@ -84,7 +84,7 @@ def test_average5_row_and_its_paper_value(tmp_path):
         write(store, "e", "finetune", transfer_config(upstream, data), acc, (key,))
     frame = load_frame(store)
     assert set(frame.loc[frame["kind"] == "finetune", "pretrain_exaflops"]) == {3.0}, "each transfer row carries its pre-training's exaFLOPs"
-    result = json.loads(_invoke("report", "--results", tmp_path, "--paper", "--format", "json").output)
+    (result,) = json.loads(_invoke("report", "--results", tmp_path, "--paper", "--format", "json").output)
     summary = next(t for t in result["tables"] if t["name"].startswith("The paper's summaries"))
     assert summary["columns"] == ["average-5"] and summary["data"] == [[70.0]]
     avg = next(r for r in result["paper"] if r["dataset"] == "average-5")
@@ -144,7 +144,7 @@ def test_expect_and_check(tmp_path):
     _recipe(store, "e", expect={**cell, "target": 80.7, "name": "B/16 smoke"})  # [expect] as one table
     result = _invoke("report", "--results", tmp_path, "--check", "--format", "json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["expect"] == [{"cell": "B/16 smoke", "ours": 80.5, "n": 2, "target": 80.7, "tolerance": 0.5, "delta": -0.2, "result": "pass"}]
+    assert json.loads(result.output)[0]["expect"] == [{"cell": "B/16 smoke", "ours": 80.5, "n": 2, "target": 80.7, "tolerance": 0.5, "delta": -0.2, "result": "pass"}]
     _recipe(store, "e", expect=[{**cell, "data": "CIFAR-10"}])
     result = _invoke("report", "--results", tmp_path, "--check")
     assert result.exit_code == 1 and "no finished result" in result.output, "a cell without results fails"
@@ -261,7 +261,7 @@ def test_real_scores_imagenet_stages_from_their_predictions(tmp_path):
     (tmp_path / "e" / key / PREDICTIONS_FILE).write_bytes(predictions_bytes([1, 2, 3, 4]))
     real = tmp_path / "real.json"
     real.write_text(json.dumps([[1], [5], [], [4, 9]]))  # 2 of 3 scored images right
-    doc = json.loads(_invoke("report", "--results", tmp_path, "--real", real, "--format", "json").output)
+    (doc,) = json.loads(_invoke("report", "--results", tmp_path, "--real", real, "--format", "json").output)
     table = doc["tables"][0]
     assert table["columns"] == ["ImageNet-ReaL", "imagenet"] and table["data"][0][0] == pytest.approx(66.7)
     real.write_text(json.dumps([[1], [2]]))

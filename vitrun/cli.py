@@ -119,7 +119,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast)
 @main.command("report")
 @results_option
 @click.option("--experiment", help="Only this experiment (a folder under --results). Default: every experiment.")
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "latex", "json", "html"]), default="table", show_default=True, help="table: rich tables in the terminal; json: {experiment, tables: [{name, index, columns, data, std, n, status, notes}], paper, expect, unfinished}; html: one self-contained page per experiment (tables, figures, recipe, versions, devices) written to --out, else results/<experiment>/report/.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "latex", "json", "html"]), default="table", show_default=True, help="table: rich tables in the terminal; markdown, latex: one section per experiment; csv: one long table (experiment, table, row labels, column, value, std, n, status); json: a list with one {experiment, tables: [{name, index, columns, data, std, n, status, notes}], paper, expect, unfinished} per experiment; html: one self-contained page per experiment (tables, figures, recipe, versions, devices) written to --out, else results/<experiment>/report/.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Also write each table (in --format), its PNG figure and the paper-style figures (PNG and SVG) under DIR/<experiment>/.")
 @click.option("--paper", is_flag=True, help="Put the paper's numbers (Tables 2, 5, 6, 8; vitrun/paper/numbers.csv) beside ours where model, pre-training set and dataset match, with the delta.")
 @click.option("--check", is_flag=True, help="Exit 1 when a recipe's [[expect]] cell misses its target ± tolerance or has no result (CI for long runs).")
@@ -667,16 +667,19 @@ def _print_report(store, experiments, fmt, out_dir, console, paper=False, figure
 
     from vitrun import report, reporting
 
-    documents, failures = [], []
+    documents, failures, broken, tidy = [], [], [], []
     problems = [p for name in experiments for p in store.scan(name).problems]
     for name in experiments:
+        source = (store.recipe(name) or {}).get("path", name)
         try:
             built = reporting.build(store, name, paper=paper, real=real, run=run, every_run=every_run)
-        except report.ReportError as err:
-            _fail(f"{(store.recipe(name) or {}).get('path', name)}: {err}")
+        except report.ReportError as err:  # one experiment's bad table: said in one line, the others still print
+            broken.append(f"{source}: {err}")
+            continue
         except ValidationError as err:
             first = err.errors()[0]
-            _fail(f"{(store.recipe(name) or {}).get('path', name)}: expect.{'.'.join(map(str, first['loc']))}: {first['msg']}")
+            broken.append(f"{source}: expect.{'.'.join(map(str, first['loc']))}: {first['msg']}")
+            continue
         failures += [(name, o) for o in built.failures()]
         documents.append(built.document())
         listings = built.listings()
@@ -688,15 +691,29 @@ def _print_report(store, experiments, fmt, out_dir, console, paper=False, figure
                 console.print(reporting.rich_listing(title, frame, notes))
             for note in built.notes():
                 console.print(f"[yellow]{escape(note)}[/yellow]", soft_wrap=True)
-        elif fmt not in ("json", "html"):
+        elif fmt == "csv":  # one long CSV over every experiment, printed at the end
+            tidy.extend([report.tidy(t, name) for t in built.tables] + [reporting.tidy_listing(title, frame, name) for title, frame, _ in listings])
+            for note in built.notes():
+                _console(stderr=True).print(f"{name}: {escape(note)}", soft_wrap=True)
+        elif fmt in ("markdown", "latex"):
+            heading = f"## {name}\n" if fmt == "markdown" else f"% experiment: {name}\n"
             texts = [report.render_text(t, fmt) for t in built.tables] + [reporting.render_listing(*item, fmt) for item in listings]
-            click.echo("\n".join(texts + built.notes()))
+            notes = built.notes() if fmt == "markdown" else [f"% {note}" for note in built.notes()]
+            click.echo(heading + "\n".join(texts + notes))
         folder = Path(out_dir) / name if out_dir else None
         if fmt == "html" or figures or folder:
             _write_outputs(folder or store.root / name / "report", built, fmt, tables=folder is not None, experiment_dir=store.root / name)
     if fmt == "json":
-        click.echo(json.dumps(documents[0] if len(documents) == 1 else documents, indent=2))
+        click.echo(json.dumps(documents, indent=2))  # always a list: one entry per experiment
+    if fmt == "csv" and tidy:
+        import pandas as pd
+
+        click.echo(pd.concat(tidy, ignore_index=True).to_csv(index=False), nl=False)
+    for line in broken:
+        _console(stderr=True).print(f"[bold red]error:[/bold red] {escape(line)}", soft_wrap=True)
     _report_problems(problems, allow_missing)
+    if broken:
+        sys.exit(EXIT_USAGE)
     return failures
 
 
@@ -728,13 +745,12 @@ def _write_outputs(folder: Path, built, fmt, tables: bool, experiment_dir: Path)
     if fmt == "html":
         page = folder / "report.html"
         write_atomic(page, html_page.render(built, drawn, experiment_dir).encode())
-        page.chmod(0o644)  # a page to share: readable like any other written file
         written.append(f"page {page}")
     elif tables:
         for table in built.tables:
             stem = folder / report.slug(table.name)
             text = json.dumps(report.to_json(built.name, [table]), indent=2) if fmt == "json" else report.render_text(table, fmt)
-            write_atomic(stem.with_suffix("." + report.EXTENSIONS[fmt]), text.encode())
+            write_atomic(stem.with_suffix("." + report.EXTENSIONS[fmt]), (text.rstrip("\n") + "\n").encode())
             report.save_figure(table, stem.with_suffix(".png"))
         written.append(f"{len(built.tables)} tables (.{report.EXTENSIONS[fmt]}) with a figure each (.png)")
     written.append(f"{len(drawn)} paper-style figures (.png, .svg)")

@@ -46,7 +46,7 @@ class Table:
         if pd.isna(value):
             status = self.status.at[index, column] if self.status is not None and index in self.status.index and column in self.status.columns else None
             return str(status) if isinstance(status, str) else "–"
-        text = f"{value:.{self.spec.digits}f}"
+        text = f"{int(value)}" if self.spec.aggregate == "count" else f"{value:.{self.spec.digits}f}"
         if self.std is not None:
             std = self.std.at[index, column]
             if not pd.isna(std):
@@ -194,7 +194,26 @@ def _pivot(name: str, frame: pd.DataFrame, spec: TableSpec) -> Table:
     if not failed.empty:
         tally = failed["status"].value_counts()
         notes.append("not averaged in: " + ", ".join(f"{n} {s}" for s, n in sorted(tally.items())) + f" stage{'s' if len(failed) > 1 else ''}")
+    table, std, count, status_frame = (_integral_labels(f) for f in (table, std, count, status_frame))
     return Table(name, table, spec, std, count, status_frame, tuple(notes))
+
+
+def _integral_labels(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Row and column labels such as shots or sizes read back as floats (1.0) when a column
+    mixes them with blanks: show whole numbers as integers (1)."""
+    if frame is None:
+        return None
+
+    def tidy(index: pd.Index) -> pd.Index:
+        if isinstance(index, pd.MultiIndex):
+            return index.set_levels([tidy(level) for level in index.levels], verify_integrity=False)
+        if index.dtype.kind == "f" and len(index) and all(pd.isna(v) or float(v).is_integer() for v in index):
+            return pd.Index([v if pd.isna(v) else int(v) for v in index], name=index.name, dtype=object)
+        return index
+
+    frame = frame.copy()
+    frame.index, frame.columns = tidy(frame.index), tidy(frame.columns)
+    return frame
 
 
 def _unstack(series: pd.Series, columns: list[str]) -> pd.DataFrame:
@@ -205,7 +224,8 @@ def _unstack(series: pd.Series, columns: list[str]) -> pd.DataFrame:
 
 def _check_column(frame: pd.DataFrame, name: str, where: str) -> None:
     if name not in frame.columns:
-        close = difflib.get_close_matches(name, [str(c) for c in frame.columns], n=1, cutoff=0.6)
+        columns = [str(c) for c in frame.columns]
+        close = [c for c in columns if c.rsplit(".", 1)[-1] == name] or difflib.get_close_matches(name, columns, n=1, cutoff=0.6)  # "shots" → "fewshot.shots"
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ReportError(f"{where}: unknown column {name!r}{hint}")
 
@@ -253,26 +273,67 @@ def _split(frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def render_text(table: Table, fmt: str) -> str:
-    shown = table.display()
-    notes = "".join(f"\n{note}" for note in table.notes)
-    if fmt == "markdown":
-        return f"### {table.name}\n\n{shown.to_markdown()}\n" + ("\n" + "  \n".join(table.notes) + "\n" if table.notes else "")
+    """One table as text every standard tool parses: Markdown and LaTeX with one header row
+    (row levels as columns, columns as `name = value`), CSV in the long tidy form (`to_csv`)."""
     if fmt == "csv":
         return to_csv(table)
+    shown = flat(table)
+    if fmt == "markdown":
+        return f"### {table.name}\n\n{shown.to_markdown(index=False)}\n" + ("\n" + "  \n".join(table.notes) + "\n" if table.notes else "")
     if fmt == "latex":
-        return shown.to_latex(caption=table.name + ("; " + "; ".join(table.notes) if table.notes else ""))
+        caption = latex_escape(table.name + ("; " + "; ".join(table.notes) if table.notes else ""))
+        return shown.to_latex(index=False, escape=True, caption=caption)
     if fmt == "table":
-        return shown.to_string() + notes + "\n"
+        return shown.to_string(index=False) + "".join(f"\n{note}" for note in table.notes) + "\n"
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def to_csv(table: Table) -> str:
-    """Machine-readable: the aggregate per column, then `<column> std` and `<column> n` when a mean over seeds."""
-    parts = [table.frame]
-    if table.std is not None and table.count is not None:
-        label = lambda suffix: [f"{' '.join(map(str, c)) if isinstance(c, tuple) else c} {suffix}" for c in table.frame.columns]  # noqa: E731
-        parts += [table.std.set_axis(label("std"), axis=1), table.count.set_axis(label("n"), axis=1)]
-    return pd.concat(parts, axis=1).to_csv()
+def flat(table: Table) -> pd.DataFrame:
+    """The table as strings with a single header row: each row level a column, each column
+    labelled `name = value` (`pretrain.size = 500`) or its value alone when unnamed."""
+    shown = table.display()
+    name = shown.columns.name
+    labels = [" · ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in shown.columns]
+    shown.columns = [f"{name} = {label}" if name else label for label in labels]
+    levels = [str(n) if n is not None else "row" for n in shown.index.names]
+    shown.index = shown.index.set_names(levels)
+    return shown.reset_index().astype(str)
+
+
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIALS.get(ch, ch) for ch in text)
+
+
+def to_csv(table: Table, experiment: str | None = None) -> str:
+    return tidy(table, experiment).to_csv(index=False)
+
+
+def tidy(table: Table, experiment: str | None = None) -> pd.DataFrame:
+    """The long form: one line per cell with its row and column labels, value, and (for a mean
+    over seeds) std and n, and a status where the cell has none but failed stages."""
+    rows = []
+    row_names = [str(n) for n in table.frame.index.names]
+    column_name = table.frame.columns.name or "column"
+    for index in table.frame.index:
+        keys = index if isinstance(index, tuple) else (index,)
+        for column in table.frame.columns:
+            value = table.frame.at[index, column]
+            entry = {"experiment": experiment, "table": table.name, **dict(zip(row_names, keys)),
+                     column_name: " · ".join(map(str, column)) if isinstance(column, tuple) else column,
+                     table.spec.values: None if pd.isna(value) else value}
+            if table.std is not None:
+                entry["std"] = table.std.at[index, column]
+            if table.count is not None:
+                entry["n"] = int(table.count.at[index, column])
+            if table.status is not None and index in table.status.index and column in table.status.columns and isinstance(table.status.at[index, column], str):
+                entry["status"] = table.status.at[index, column]
+            rows.append(entry)
+    frame = pd.DataFrame(rows)
+    return frame if experiment is not None else frame.drop(columns="experiment")
 
 
 def rich_table(table: Table):

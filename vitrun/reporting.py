@@ -127,8 +127,13 @@ def render_listing(title: str, frame: pd.DataFrame, notes: list[str], fmt: str) 
     if fmt == "csv":
         return frame.to_csv(index=False)
     if fmt == "latex":
-        return shown.to_latex(index=False, caption=title)
+        return shown.to_latex(index=False, escape=True, caption=report.latex_escape(title))
     return f"{title}\n{shown.to_string(index=False)}" + "".join(f"\n{n}" for n in notes) + "\n"
+
+
+def tidy_listing(title: str, frame: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    """A listing's rows for the long CSV, tagged with its experiment and title."""
+    return frame.assign(experiment=experiment, table=title)[["experiment", "table", *frame.columns]]
 
 
 def rich_listing(title: str, frame: pd.DataFrame, notes: list[str]):

@@ -77,7 +77,7 @@ def test_recipe_on_folder_arrow_and_parquet(tmp_path, image_folder, hf_arrow, hf
     trials = [r["metrics"] for r in records if r["kind"] == "finetune_dev" and r["config"]["transfer"]["name"] == "arrow"]
     assert [(t["train_images"], t["dev_images"]) for t in trials] == [(43, 5)] * 2, "10% of 48 held out"
 
-    doc = json.loads(_invoke("report", "--results", str(results), "--format", "json").output)
+    (doc,) = json.loads(_invoke("report", "--results", str(results), "--format", "json").output)
     (table,) = doc["tables"]
     assert sorted(table["index"]) == ["arrow", "parquet"] and table["columns"] == ["ViT-Mu/4"]
     assert all(0 <= v <= 100 for row in table["data"] for v in row)
