@@ -68,11 +68,12 @@ def test_report_formats(finished_run, fmt, marker):
     assert result.exit_code == 0 and marker in result.output
 
 
-def test_report_out_writes_tables_and_figures(finished_run, tmp_path):
+def test_report_out_writes_tables_figures_and_curves(finished_run, tmp_path):
     _, results, _ = finished_run
-    result = _invoke("report", "--results", str(results), "--format", "csv", "--out", str(tmp_path))
+    result = _invoke("report", "--results", str(results), "--format", "csv", "--out", str(tmp_path), "--curves")
     assert result.exit_code == 0
     assert list((tmp_path / "tiny").glob("*.csv")) and list((tmp_path / "tiny").glob("*.png"))
+    assert (tmp_path / "tiny" / "curves-pretrain.png").stat().st_size > 2000 and (tmp_path / "tiny" / "curves-finetune.png").is_file()
 
 
 def test_dry_run_shows_status_and_writes_nothing(finished_run, tmp_path):

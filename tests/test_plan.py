@@ -103,7 +103,8 @@ def test_learning_rate_grid_plans_dev_trials(write_recipe):
 
 
 def test_scratch_is_one_initialisation_per_model(write_recipe):
-    stages = _stages(write_recipe, TINY.replace("[pretrain]", '[pretrain]\nobjective = "scratch"'))
+    scratch = TINY.replace("[pretrain]", '[pretrain]\nobjective = "scratch"').replace('columns = "pretrain.size"', 'columns = "data"')  # no sizes without data
+    stages = _stages(write_recipe, scratch)
     pretrains = [s for s in stages if s.kind == "pretrain"]
     assert len(pretrains) == 2, "no data, no size: both sizes share one random initialisation"
     assert all(p.config["pretrain"] == {"objective": "scratch", "image_size": 16, "steps": 0} for p in pretrains)
@@ -138,6 +139,6 @@ def test_pretraining_set_name_is_shown_and_keyed_only_when_set(write_recipe):
 
 
 def test_scratch_needs_no_steps(write_recipe):
-    text = TINY.replace("[pretrain]", '[pretrain]\nobjective = "scratch"').replace("steps = 6\n", "")
+    text = TINY.replace("[pretrain]", '[pretrain]\nobjective = "scratch"').replace("steps = 6\n", "").replace('columns = "pretrain.size"', 'columns = "data"')
     stages = _stages(write_recipe, text)
     assert {s.config["pretrain"]["steps"] for s in stages if s.kind == "pretrain"} == {0}

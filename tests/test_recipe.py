@@ -50,6 +50,8 @@ BROKEN = {
     "sweep not a list": (TINY.replace('"pretrain.size" = [16, 32]', '"pretrain.size" = 16'), "sweep.pretrain.size: expected a list"),
     "missing required": (TINY.replace("steps = 6\n", ""), "pretrain: steps is missing: give the number of pre-training steps"),
     "empty file": ("", "the file is empty"),
+    "misspelt report column": (TINY.replace('columns = "pretrain.size"', 'columns = "shots"'), "report.tables[0]: unknown column 'shots' (did you mean 'fewshot.shots'?)"),
+    "unknown report value": (TINY.replace('columns = "pretrain.size"', 'columns = "pretrain.size"\nvalues = "acc"'), "report.tables[0]: unknown column 'acc' (did you mean 'accuracy'?)"),
     "repeated rates": (TINY.replace("lr = 0.01\n", "lr = [0.01, 0.03, 0.01]\n"), "finetune.lr: values must be distinct, got [0.01, 0.03, 0.01]"),
     "masked-patch on a ResNet": (TINY.replace("[pretrain]", '[pretrain]\nobjective = "masked-patch"'), 'pretrain.objective = "masked-patch" needs a ViT; R14x0.25 is a resnet model'),
     "scratch with init": (TINY.replace('name = "ViT-Mu/4"', 'name = "ViT-Mu/4"\ninit = "timm:vit_tiny_patch16_224"').replace("[pretrain]", '[pretrain]\nobjective = "scratch"'), 'pretrain.objective = "scratch" starts from random weights, but model.init'),

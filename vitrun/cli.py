@@ -126,8 +126,9 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast)
 @click.option("--real", "real_labels", type=click.Path(dir_okay=False), help="ReaL labels (the public real.json) to score fine-tuned ImageNet stages on ImageNet-ReaL, from the test predictions each keeps; the test split must be the validation set in file-name order.")
 @click.option("--figures", is_flag=True, help="Write the paper-style figures (PNG and SVG) to results/<experiment>/report/ (--out and --format html write them anyway).")
 @click.option("--allow-missing", is_flag=True, help="Exit 0 even when some stage records cannot be read or verified (they are still listed under the tables).")
+@click.option("--curves", is_flag=True, help="Also draw each training stage's loss, learning rate and gradient norm against the step (from metrics.jsonl) as curves-<kind>.png under --out, else results/<experiment>/report/.")
 @click.option("--all", "every_run", is_flag=True, help="Every run of an experiment (the recipe as written and each --set variant), each labelled in a `run` row level; default: the recipe as written, and other runs listed under the tables.")
-def report_cmd(results, experiment, fmt, out_dir, paper, check, real_labels, figures, allow_missing, every_run):
+def report_cmd(results, experiment, fmt, out_dir, paper, check, real_labels, figures, allow_missing, curves, every_run):
     """Rebuild the tables (and figures) of finished stages under --results.
 
     Each experiment's tables come from its recipe's [report] section; an experiment
@@ -153,7 +154,7 @@ def report_cmd(results, experiment, fmt, out_dir, paper, check, real_labels, fig
         except RealLabelsError as err:
             _fail(f"--real {err}")
     try:
-        failures = _print_report(store, names, fmt, out_dir, _console(), paper=paper, figures=figures, real=real, allow_missing=allow_missing, every_run=every_run)
+        failures = _print_report(store, names, fmt, out_dir, _console(), paper=paper, figures=figures, real=real, allow_missing=allow_missing, every_run=every_run, curves=curves)
     except OSError as err:  # --out on a read-only or full disk, or under a file
         _fail(f"{err.filename or out_dir}: cannot write ({err.strerror}); choose another --out", EXIT_FAILED)
     if check and failures:
@@ -656,7 +657,7 @@ def _plan_table(experiment: str, stages, store, swept=()):
     return table
 
 
-def _print_report(store, experiments, fmt, out_dir, console, paper=False, figures=False, real=None, allow_missing=False, run=None, every_run=False) -> list:
+def _print_report(store, experiments, fmt, out_dir, console, paper=False, figures=False, real=None, allow_missing=False, run=None, every_run=False, curves=False) -> list:
     """Print (and with out_dir write) each experiment's report; returns the [[expect]] cells
     that miss, as (experiment, outcome)."""
     import json
@@ -703,6 +704,11 @@ def _print_report(store, experiments, fmt, out_dir, console, paper=False, figure
         folder = Path(out_dir) / name if out_dir else None
         if fmt == "html" or figures or folder:
             _write_outputs(folder or store.root / name / "report", built, fmt, tables=folder is not None, experiment_dir=store.root / name)
+        if curves:
+            from vitrun.curves import curves_frame, save_curves
+
+            drawn = save_curves(curves_frame(store, name), folder or store.root / name / "report")
+            _console(stderr=True).print(f"[dim]{name}: " + (", ".join(str(p) for p in drawn) or "no training curves (no metrics.jsonl)") + "[/dim]", soft_wrap=True)
     if fmt == "json":
         click.echo(json.dumps(documents, indent=2))  # always a list: one entry per experiment
     if fmt == "csv" and tidy:

@@ -92,7 +92,25 @@ def load(name_or_path: str, overrides: typing.Sequence[str] = ()) -> LoadedRecip
             if fingerprint not in seen:  # [[sweep]] tables may overlap: each variant once
                 seen.add(fingerprint)
                 variants.append(_validate(path, variant, sweep, label))
-    return LoadedRecipe(path=path, name=str(raw["name"]), raw=raw, sweeps=[s for _, s in sweeps], variants=variants, overrides=tuple(overrides))
+    loaded = LoadedRecipe(path=path, name=str(raw["name"]), raw=raw, sweeps=[s for _, s in sweeps], variants=variants, overrides=tuple(overrides))
+    _check_report_columns(loaded)
+    return loaded
+
+
+def _check_report_columns(loaded: LoadedRecipe) -> None:
+    """Every column a [[report.tables]] names exists in what the plan will record: a misspelt
+    `columns = "shots"` stops here, with the right name, not after hours of training."""
+    from vitrun import plan, report, reporting
+
+    tables = loaded.variants[0].report.tables
+    if not tables:
+        return
+    columns = reporting.planned_columns(plan.plan(loaded.variants))
+    for i, spec in enumerate(tables):
+        try:
+            report.check_spec_columns(spec, columns, f"report.tables[{i}]")
+        except report.ReportError as err:
+            raise RecipeError(f"{loaded.path}: {err}") from None
 
 
 # -- reading ---------------------------------------------------------------------------

@@ -75,10 +75,22 @@ def load_frame(store: Store, experiment: str | None = None) -> pd.DataFrame:
     pre-training a transfer stage starts from) and `pretrain_exaflops` (that
     pre-training's training FLOPs / 1e18, the compute axis of Figure 5).
     """
+    return frame_of(store.records(experiment))
+
+
+# What stages record in their `metrics` (vitrun/stages.py, engine/loop.py, engine/masked_patch.py,
+# runner.py): the columns a report may use besides the config's, known before anything runs.
+METRICS = ("accuracy", "final_loss", "steps", "num_classes", "train_images", "images_seen", "dev_fraction",
+           "dev_images", "lr", "l2_reg", "feature_dim", "masked_patch_accuracy", "masked_patch_loss",
+           "diverged_at_step", "loss")
+
+
+def frame_of(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """`load_frame` over any stage records (read from a store, or planned: `planned_columns`)."""
     from vitrun.paper import section_dataset
 
     rows = []
-    for record in store.records(experiment):
+    for record in records:
         config = record.get("config", {})
         row: dict[str, Any] = {"experiment": record.get("experiment"), "key": record.get("key"), "kind": record.get("kind"), "status": record.get("status") or "done"}
         row.update(_flatten(config))
@@ -103,6 +115,24 @@ def load_frame(store: Store, experiment: str | None = None) -> pd.DataFrame:
         pretrain_flops = frame[frame["kind"] == "pretrain"].set_index("key")["flops"]
         frame["pretrain_exaflops"] = pd.to_numeric(frame["pretrain_key"].map(pretrain_flops), errors="coerce") / 1e18
     return frame
+
+
+def planned_columns(stages: Iterable[Any]) -> set[str]:
+    """The columns `load_frame` will give the records of these planned stages (`plan.Stage`s),
+    so report tables are checked before anything runs."""
+    records = [{"experiment": "", "key": stage.key, "kind": stage.kind, "status": "done", "config": stage.config,
+                "parents": list(stage.parents), "metrics": dict.fromkeys(METRICS, 0.0), "flops": 0.0, "wall_time_s": 0.0,
+                "device": "", "versions": {}} for stage in stages]
+    return {str(c) for c in frame_of(records).columns} | {"run"}
+
+
+def check_spec_columns(spec: TableSpec, columns: set[str], where: str) -> None:
+    """ReportError naming the first column `spec` uses that `columns` lacks (with a suggestion)."""
+    frame = pd.DataFrame(columns=sorted(columns))
+    for key in spec.where:
+        _check_column(frame, key, f"{where}.where")
+    for name in [*_as_list(spec.rows), *_as_list(spec.columns), spec.values] + ([spec.per] if spec.per else []):
+        _check_column(frame, name, where)
 
 
 def unfinished_stages(store: Store, experiment: str, finished: Iterable[str] = ()) -> list[str]:
@@ -225,7 +255,9 @@ def _unstack(series: pd.Series, columns: list[str]) -> pd.DataFrame:
 def _check_column(frame: pd.DataFrame, name: str, where: str) -> None:
     if name not in frame.columns:
         columns = [str(c) for c in frame.columns]
-        close = [c for c in columns if c.rsplit(".", 1)[-1] == name] or difflib.get_close_matches(name, columns, n=1, cutoff=0.6)  # "shots" → "fewshot.shots"
+        close = ([c for c in columns if c.rsplit(".", 1)[-1] == name]  # "shots" → "fewshot.shots"
+                 or difflib.get_close_matches(name, columns, n=1, cutoff=0.6)
+                 or sorted(c for c in columns if c.startswith(name)))  # "acc" → "accuracy"
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ReportError(f"{where}: unknown column {name!r}{hint}")
 
