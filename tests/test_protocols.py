@@ -138,3 +138,11 @@ def test_killed_masked_patch_pretraining_resumes_to_identical_weights(tmp_path, 
     assert straight.keys() == resumed.keys()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_a_dev_split_too_small_to_choose_says_so():
+    from vitrun.stages import _dev_warning
+
+    assert "10 images, too few" in _dev_warning({"0.01": 0.2, "0.03": 0.1}, 10, 0.01)
+    assert "tie" in _dev_warning({"0.01": 0.5, "0.03": 0.5}, 200, 0.01)
+    assert _dev_warning({"0.01": 0.55, "0.03": 0.5}, 200, 0.01) is None

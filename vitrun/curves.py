@@ -79,9 +79,10 @@ def save_curves(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 3, 4), squeeze=False)
         for ax, (column, title, scale) in zip(axes[0], panels):
             for label, stage in rows.groupby("label", sort=True):
-                ax.plot(stage["step"], stage[column], label=label, linewidth=1.2)
-            positive = (rows[column] > 0).all()
-            ax.set_yscale(scale if positive else "linear")
+                ax.plot(stage["step"], stage[column], label=label, linewidth=1.2, marker="o" if len(stage) < 20 else None, markersize=3)
+            values = rows[column].dropna()
+            wide = len(values) and (values > 0).all() and values.max() / values.min() > 10  # log only where it helps
+            ax.set_yscale(scale if wide else "linear")
             ax.set_xlabel("step")
             ax.set_title(title)
             ax.grid(alpha=0.3)

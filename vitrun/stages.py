@@ -171,6 +171,11 @@ def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
         dev = {str(trial["lr"]): trial["accuracy"] for trial in trials}
         lr = max(lr, key=lambda rate: dev[str(rate)])  # ties: the first listed
         chosen = {"lr": lr, "dev_accuracy": dev}
+        warning = _dev_warning(dev, trials[0].get("dev_images", 0), lr)
+        if warning:
+            chosen["dev_warning"] = warning
+            if ctx.on_notice:
+                ctx.on_notice(f"{stage.data}: {warning}")
     model, summary = _finetuned(stage, ctx, ds.train, ds.num_classes, lr)
     predicted = predictions(model, ds.test, f["image_size"], ctx)
     # kept for metrics computed later from other labels (ImageNet-ReaL: `vitrun report --real`)
@@ -179,6 +184,21 @@ def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
         checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model)
     hits = (predicted == ds.test.labels).double().mean().item()
     return {**summary, **chosen, "accuracy": hits, "train_images": len(ds.train), "num_classes": ds.num_classes}
+
+
+MIN_DEV_IMAGES = 50  # below this a dev split's accuracies move in steps of 2% or more
+
+
+def _dev_warning(dev: dict[str, float], images: int, chosen: float) -> str | None:
+    """Why the learning-rate search may have chosen by noise, or None: a dev split too small to
+    tell rates apart, or a best rate ahead of the next by less than one dev image."""
+    scores = sorted(dev.values(), reverse=True)
+    if images and images < MIN_DEV_IMAGES:
+        return (f"the dev split has {images} images, too few to tell learning rates apart (accuracies {', '.join(f'{v:.0%}' for v in dev.values())}); "
+                f"chose lr {chosen}; raise dev_fraction, or give one lr to skip the search")
+    if len(scores) > 1 and images and scores[0] - scores[1] < 1 / images:
+        return f"the best learning rates tie on the dev split ({images} images); chose lr {chosen}, the first listed"
+    return None
 
 
 def _finetuned(stage: Stage, ctx: Context, images, num_classes: int, lr: float) -> tuple[nn.Module, dict[str, Any]]:
