@@ -669,11 +669,13 @@ def _print_report(store, experiments, fmt, out_dir, console, paper=False, figure
     from vitrun import report, reporting
 
     documents, failures, broken, tidy = [], [], [], []
-    problems = [p for name in experiments for p in store.scan(name).problems]
+    problems = []
     for name in experiments:
         source = (store.recipe(name) or {}).get("path", name)
+        scan = store.scan(name)  # read and verified once: records for the tables, problems listed under them
+        problems += scan.problems
         try:
-            built = reporting.build(store, name, paper=paper, real=real, run=run, every_run=every_run)
+            built = reporting.build(store, name, paper=paper, real=real, run=run, every_run=every_run, records=scan.records)
         except report.ReportError as err:  # one experiment's bad table: said in one line, the others still print
             broken.append(f"{source}: {err}")
             continue

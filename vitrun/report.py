@@ -64,7 +64,7 @@ class Table:
         return len(counts) <= 1
 
 
-def load_frame(store: Store, experiment: str | None = None) -> pd.DataFrame:
+def load_frame(store: Store, experiment: str | None = None, records: Iterable[dict[str, Any]] | None = None) -> pd.DataFrame:
     """One row per recorded stage: dotted config columns, metrics, cost, status.
 
     Short aliases sit beside the dotted columns: `model` (model.name), `data` (the
@@ -75,7 +75,7 @@ def load_frame(store: Store, experiment: str | None = None) -> pd.DataFrame:
     pre-training a transfer stage starts from) and `pretrain_exaflops` (that
     pre-training's training FLOPs / 1e18, the compute axis of Figure 5).
     """
-    return frame_of(store.records(experiment))
+    return frame_of(store.records(experiment) if records is None else records)
 
 
 # What stages record in their `metrics` (vitrun/stages.py, engine/loop.py, engine/masked_patch.py,
