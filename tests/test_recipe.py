@@ -50,6 +50,7 @@ BROKEN = {
     "sweep not a list": (TINY.replace('"pretrain.size" = [16, 32]', '"pretrain.size" = 16'), "sweep.pretrain.size: expected a list"),
     "missing required": (TINY.replace("steps = 6\n", ""), "pretrain: steps is missing: give the number of pre-training steps"),
     "empty file": ("", "the file is empty"),
+    "more shots than digits has": (TINY.replace("shots = [2]", "shots = [200]"), "fewshot.shots: 200 shots per class, but transfer[0] (digits) has only 116 training images in a class"),
     "misspelt report column": (TINY.replace('columns = "pretrain.size"', 'columns = "shots"'), "report.tables[0]: unknown column 'shots' (did you mean 'fewshot.shots'?)"),
     "unknown report value": (TINY.replace('columns = "pretrain.size"', 'columns = "pretrain.size"\nvalues = "acc"'), "report.tables[0]: unknown column 'acc' (did you mean 'accuracy'?)"),
     "repeated rates": (TINY.replace("lr = 0.01\n", "lr = [0.01, 0.03, 0.01]\n"), "finetune.lr: values must be distinct, got [0.01, 0.03, 0.01]"),

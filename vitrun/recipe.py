@@ -246,6 +246,10 @@ def _images_per_class_at_least(transfer, k: int) -> int | None:
     generator = data.GENERATORS.get(transfer.data)
     if generator is not None:
         return generator.DEFAULT_PER_CLASS
+    if transfer.data == "digits":
+        from vitrun.data.digits import TRAIN_MIN_PER_CLASS
+
+        return TRAIN_MIN_PER_CLASS
     if transfer.data.startswith("folder:"):
         from vitrun.data import folder
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from vitrun import data
-from vitrun.data import augment, fractal, shapes
+from vitrun.data import augment, digits, fractal, shapes
 from vitrun.data.imageset import ImageSet
 from vitrun.data.sampling import balanced_subset, holdout_split, k_shot
 
@@ -310,3 +310,8 @@ def test_cache_dir_defaults_to_env(tmp_path, monkeypatch):
     monkeypatch.setenv("VITRUN_CACHE", str(tmp_path / "env"))
     data.load("shapes", image_size=8, classes=1, per_class=1)
     assert [p.name for p in (tmp_path / "env" / "data").iterdir()] == ["shapes-v1-seed0-px8-c1-n1.npz"]
+
+
+def test_digits_smallest_training_class_is_what_recipes_check_shots_against():
+    train, _ = digits.load_split(8)
+    assert int(torch.bincount(train.labels).min()) == digits.TRAIN_MIN_PER_CLASS
