@@ -1,6 +1,6 @@
 """Time `vitrun report` over many generated stage.json files (the issue's bar: 10,000 in < 3 s).
 
-    python benchmarks/report_bench.py [--stages 10000] [--repeats 3] [-- extra report options]
+    python tests/benchmarks/report_bench.py [--stages 10000] [--repeats 3] [-- extra report options]
 
 Writes the records into a temporary results directory (one experiment; pre-trainings of
 three model families over sizes and seeds, each with fine-tuning and 5-shot stages on
