@@ -63,6 +63,43 @@ def standardize(w: torch.Tensor, eps_convention: str = "official") -> torch.Tens
     return ((flat - mean) * scale).reshape_as(w)  # (Cout, Cin, k, k)
 
 
+class _Standardize(torch.autograd.Function):
+    """`standardize` with its gradient written out: the same forward, and a backward of four
+    passes over the kernel instead of autograd's chain through var_mean, sqrt and division
+    (that chain was ~15% of an R50x1 CPU training step; see BENCHMARKS.md).
+
+    With ŵ = (w − μ)·s, ḡ the mean of the incoming gradient g per filter and n = Cin·k·k:
+    timm, s = (σ² + ε)^-½:          dL/dw = s·(g − ḡ − ŵ·mean(g·ŵ))          (batch norm's)
+    official, s = 1/(σ + ε):        dL/dw = s·(g − ḡ) − ŵ·mean(g·ŵ)/σ
+    (official: ds/dσ² = −s²/(2σ), and Σ g·(w − μ) = Σ g·ŵ / s.)
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, eps_convention: str) -> torch.Tensor:
+        flat = w.reshape(w.shape[0], -1)  # (Cout, n)
+        var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)
+        if eps_convention == "timm":
+            scale = torch.rsqrt(var + EPS["timm"][0])
+        else:
+            scale = 1.0 / (var.sqrt() + WS_EPS)
+        out = (flat - mean) * scale  # (Cout, n), the same arithmetic as `standardize`
+        ctx.timm = eps_convention == "timm"
+        ctx.save_for_backward(out, scale, var)
+        return out.reshape_as(w)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out, scale, var = ctx.saved_tensors
+        g = grad.reshape(out.shape)  # (Cout, n)
+        g_mean = g.mean(dim=1, keepdim=True)
+        gw_mean = (g * out).mean(dim=1, keepdim=True)
+        if ctx.timm:
+            dw = (g - g_mean - out * gw_mean) * scale
+        else:  # a constant filter (σ = 0) gets no gradient through σ instead of autograd's nan
+            dw = (g - g_mean) * scale - out * (gw_mean / var.sqrt().clamp_min(torch.finfo(var.dtype).tiny))
+        return dw.reshape(grad.shape), None
+
+
 class StdConv2d(nn.Conv2d):
     """Conv2d with Weight Standardisation (arXiv 1903.10520), no bias.
 
@@ -77,13 +114,21 @@ class StdConv2d(nn.Conv2d):
         nn.init.trunc_normal_(self.weight, std=self.weight[0].numel() ** -0.5)
 
     def standardized_weight(self) -> torch.Tensor:
+        """The standardised kernel (Cout, Cin, k, k); `_Standardize` when a gradient is needed."""
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return _Standardize.apply(self.weight, self.eps_convention)
         return standardize(self.weight, self.eps_convention)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Cin, H, W) -> (B, Cout, H', W')"""
+        padding = self.padding
         if self.tf_same:
-            x = F.pad(x, _same_padding(x.shape[-2:], self.kernel_size[0], self.stride[0]))
-        return F.conv2d(x, self.standardized_weight(), None, self.stride, self.padding)
+            left, right, top, bottom = _same_padding(x.shape[-2:], self.kernel_size[0], self.stride[0])
+            if left == right and top == bottom:  # symmetric (all 1x1 and stride-1 convs): the conv pads, no copy
+                padding = (top, left)
+            else:  # the odd pixel after: only strided 3x3 and 7x7 convs
+                x = F.pad(x, (left, right, top, bottom))
+        return F.conv2d(x, self.standardized_weight(), None, self.stride, padding)
 
 
 def _same_padding(hw: tuple[int, int], kernel: int, stride: int) -> tuple[int, int, int, int]:
@@ -119,11 +164,11 @@ class PreActBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Cin, H, W) -> (B, Cout, H/stride, W/stride)"""
-        pre = F.relu(self.gn1(x))
+        pre = F.relu(self.gn1(x), inplace=True)  # in place: GN's backward reads its input only
         shortcut = self.conv_proj(pre) if self.conv_proj is not None else x
         y = self.conv1(pre)
-        y = self.conv2(F.relu(self.gn2(y)))
-        y = self.conv3(F.relu(self.gn3(y)))
+        y = self.conv2(F.relu(self.gn2(y), inplace=True))
+        y = self.conv3(F.relu(self.gn3(y), inplace=True))
         return y + shortcut
 
 
@@ -149,10 +194,10 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Cin, H, W) -> (B, Cout, ceil(H/stride), ceil(W/stride))"""
         shortcut = self.gn_proj(self.conv_proj(x)) if self.conv_proj is not None else x
-        y = F.relu(self.gn1(self.conv1(x)))
-        y = F.relu(self.gn2(self.conv2(y)))
+        y = F.relu(self.gn1(self.conv1(x)), inplace=True)
+        y = F.relu(self.gn2(self.conv2(y)), inplace=True)
         y = self.gn3(self.conv3(y))
-        return F.relu(y + shortcut)
+        return F.relu(y + shortcut, inplace=True)
 
 
 # -- trunk -----------------------------------------------------------------------------
@@ -187,7 +232,7 @@ class ResNetTrunk(nn.Module):
             # BiT: zero padding then an unpadded pool (its code; no ReLU precedes it here).
             x = F.max_pool2d(F.pad(x, (1, 1, 1, 1)), 3, 2)  # (B, base, H/4, W/4)
         else:
-            x = F.relu(self.gn_root(x))
+            x = F.relu(self.gn_root(x), inplace=True)
             # "SAME" max-pool; after the ReLU, zero padding equals flax's -inf padding.
             x = F.max_pool2d(F.pad(x, _same_padding(x.shape[-2:], 3, 2)), 3, 2)  # (B, base, H/4, W/4)
         return self.stages(x)
@@ -215,7 +260,7 @@ class ResNet(nn.Module):
 
     def representation(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W) -> (B, C): pooled features after the final GN + ReLU."""
-        x = F.relu(self.norm(self.trunk(x)))  # (B, C, h, w)
+        x = F.relu(self.norm(self.trunk(x)), inplace=True)  # (B, C, h, w)
         return x.mean(dim=(2, 3))  # (B, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
