@@ -419,7 +419,7 @@ def test_class_token_follows_the_classifier_unless_set():
 
 @pytest.mark.parametrize("convention", ["official", "timm"])
 def test_standardize_gradient_matches_autograd(convention):
-    """StdConv2d's hand-written weight-standardisation backward equals autograd's through the formula."""
+    """StdConv2d's batch-norm-kernel standardisation: the formula's values and autograd's gradient."""
     from vitrun.models.resnet import _Standardize, standardize
 
     torch.manual_seed(0)
@@ -427,8 +427,9 @@ def test_standardize_gradient_matches_autograd(convention):
     g = torch.randn_like(w)
     (ref,) = torch.autograd.grad(standardize(w, convention), w, g)
     (ours,) = torch.autograd.grad(_Standardize.apply(w, convention), w, g)
-    assert torch.equal(_Standardize.apply(w, convention), standardize(w, convention))
+    torch.testing.assert_close(_Standardize.apply(w, convention), standardize(w, convention), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: _Standardize.apply(t, convention), (w,))
 
 
 @pytest.mark.parametrize("kernel,stride,size", [(1, 1, 9), (3, 1, 9), (3, 2, 8), (3, 2, 9), (1, 2, 8), (7, 2, 10)])

@@ -64,39 +64,39 @@ def standardize(w: torch.Tensor, eps_convention: str = "official") -> torch.Tens
 
 
 class _Standardize(torch.autograd.Function):
-    """`standardize` with its gradient written out: the same forward, and a backward of four
-    passes over the kernel instead of autograd's chain through var_mean, sqrt and division
-    (that chain was ~15% of an R50x1 CPU training step; see BENCHMARKS.md).
+    """`standardize` through batch norm's fused CPU/GPU kernels, the numerics unchanged (to
+    rounding, ~1e-7): autograd's chain through var_mean, sqrt and division was ~15% of an
+    R50x1 CPU training step (BENCHMARKS.md); timm standardises through `F.batch_norm` too.
 
-    With ŵ = (w − μ)·s, ḡ the mean of the incoming gradient g per filter and n = Cin·k·k:
-    timm, s = (σ² + ε)^-½:          dL/dw = s·(g − ḡ − ŵ·mean(g·ŵ))          (batch norm's)
-    official, s = 1/(σ + ε):        dL/dw = s·(g − ḡ) − ŵ·mean(g·ŵ)/σ
-    (official: ds/dσ² = −s²/(2σ), and Σ g·(w − μ) = Σ g·ŵ / s.)
+    Each filter is a channel of a (1, Cout, n) batch norm with no affine: b = (w − μ)·r,
+    r = (σ² + ε)^-½; "timm" is b itself (ε = 1e-8). "official" is (w − μ)/(σ + 1e-5) = b·c with
+    ε = 0 (a tiny ε keeps a constant filter finite) and c = 1/(1 + 1e-5·r) = σ/(σ + 1e-5); its
+    gradient is batch norm's backward of g·c, plus the path through c:
+    dc/dσ = 1e-5/(σ + 1e-5)² = 1e-5·(r·c)², dσ/dw = b/n, so + Σ(g·b)·1e-5·(r·c)²·b/n.
     """
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, eps_convention: str) -> torch.Tensor:
-        flat = w.reshape(w.shape[0], -1)  # (Cout, n)
-        var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)
+        flat = w.reshape(1, w.shape[0], -1)  # (1, Cout, n): one channel per filter
         if eps_convention == "timm":
-            scale = torch.rsqrt(var + EPS["timm"][0])
-        else:
-            scale = 1.0 / (var.sqrt() + WS_EPS)
-        out = (flat - mean) * scale  # (Cout, n), the same arithmetic as `standardize`
-        ctx.timm = eps_convention == "timm"
-        ctx.save_for_backward(out, scale, var)
+            eps, c = EPS["timm"][0], None
+        else:  # official: ε only keeps σ = 0 finite; c = σ/(σ + 1e-5) is batch norm's affine scale
+            eps = 1e-30
+            invstd = torch.native_batch_norm(flat, None, None, None, None, True, 0.0, eps)[2]  # (Cout,): the fused statistics
+            c = 1.0 / (1.0 + WS_EPS * invstd)  # (Cout,)
+        out, mean, invstd = torch.native_batch_norm(flat, c, None, None, None, True, 0.0, eps)  # (1, Cout, n)
+        ctx.eps = eps
+        ctx.save_for_backward(flat, mean, invstd, c)
         return out.reshape_as(w)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        out, scale, var = ctx.saved_tensors
-        g = grad.reshape(out.shape)  # (Cout, n)
-        g_mean = g.mean(dim=1, keepdim=True)
-        gw_mean = (g * out).mean(dim=1, keepdim=True)
-        if ctx.timm:
-            dw = (g - g_mean - out * gw_mean) * scale
-        else:  # a constant filter (σ = 0) gets no gradient through σ instead of autograd's nan
-            dw = (g - g_mean) * scale - out * (gw_mean / var.sqrt().clamp_min(torch.finfo(var.dtype).tiny))
+        flat, mean, invstd, c = ctx.saved_tensors
+        g = grad.reshape(flat.shape)  # (1, Cout, n)
+        dw, g_b, _ = torch.ops.aten.native_batch_norm_backward(g, flat, c, None, None, mean, invstd, True, ctx.eps, [True, c is not None, False])
+        if c is not None:  # the path through c: Σ(g·b) (batch norm's weight gradient) · 1e-5·(r·c)²/n, times b
+            dc = WS_EPS * (invstd * c) ** 2 * g_b / flat.shape[2]  # (Cout,)
+            dw = dw + (flat - mean[:, None]) * (invstd * dc)[:, None]  # b = (w − μ)·r
         return dw.reshape(grad.shape), None
 
 
@@ -114,10 +114,8 @@ class StdConv2d(nn.Conv2d):
         nn.init.trunc_normal_(self.weight, std=self.weight[0].numel() ** -0.5)
 
     def standardized_weight(self) -> torch.Tensor:
-        """The standardised kernel (Cout, Cin, k, k); `_Standardize` when a gradient is needed."""
-        if torch.is_grad_enabled() and self.weight.requires_grad:
-            return _Standardize.apply(self.weight, self.eps_convention)
-        return standardize(self.weight, self.eps_convention)
+        """The standardised kernel (Cout, Cin, k, k), through batch norm's kernels (`_Standardize`)."""
+        return _Standardize.apply(self.weight, self.eps_convention)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Cin, H, W) -> (B, Cout, H', W')"""
