@@ -78,25 +78,23 @@ class _Standardize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: torch.Tensor, eps_convention: str) -> torch.Tensor:
         flat = w.reshape(1, w.shape[0], -1)  # (1, Cout, n): one channel per filter
-        if eps_convention == "timm":
-            eps, c = EPS["timm"][0], None
-        else:  # official: ε only keeps σ = 0 finite; c = σ/(σ + 1e-5) is batch norm's affine scale
-            eps = 1e-30
-            invstd = torch.native_batch_norm(flat, None, None, None, None, True, 0.0, eps)[2]  # (Cout,): the fused statistics
-            c = 1.0 / (1.0 + WS_EPS * invstd)  # (Cout,)
-        out, mean, invstd = torch.native_batch_norm(flat, c, None, None, None, True, 0.0, eps)  # (1, Cout, n)
+        timm = eps_convention == "timm"
+        eps = EPS["timm"][0] if timm else 1e-30  # official: ε only keeps σ = 0 finite
+        b, mean, invstd = torch.native_batch_norm(flat, None, None, None, None, True, 0.0, eps)  # b: (1, Cout, n)
+        c = None if timm else 1.0 / (1.0 + WS_EPS * invstd)  # (Cout,): σ/(σ + 1e-5)
         ctx.eps = eps
-        ctx.save_for_backward(flat, mean, invstd, c)
-        return out.reshape_as(w)
+        ctx.save_for_backward(flat, mean, invstd, c, None if timm else b)
+        return (b if timm else b * c[:, None]).reshape_as(w)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        flat, mean, invstd, c = ctx.saved_tensors
+        flat, mean, invstd, c, b = ctx.saved_tensors
         g = grad.reshape(flat.shape)  # (1, Cout, n)
+        # With c as batch norm's affine weight: the gradient of b·c through b, and Σ(g·b) per filter.
         dw, g_b, _ = torch.ops.aten.native_batch_norm_backward(g, flat, c, None, None, mean, invstd, True, ctx.eps, [True, c is not None, False])
-        if c is not None:  # the path through c: Σ(g·b) (batch norm's weight gradient) · 1e-5·(r·c)²/n, times b
+        if c is not None:  # the path through c: Σ(g·b) · 1e-5·(r·c)²/n, times b
             dc = WS_EPS * (invstd * c) ** 2 * g_b / flat.shape[2]  # (Cout,)
-            dw = dw + (flat - mean[:, None]) * (invstd * dc)[:, None]  # b = (w − μ)·r
+            dw = dw.addcmul_(b, dc[:, None])
         return dw.reshape(grad.shape), None
 
 
