@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from vitrun.benchmark import bench_model
+from vitrun.benchmark import TrainTiming, bench_model, matmul_peak
 from vitrun.cli import main
 from vitrun.engine.device import place
 
@@ -25,3 +25,36 @@ def test_bench_model_cli():
     assert "vitrun / timm" in result.output and "train step" in result.output
     bad = CliRunner().invoke(main, ["bench", "model", "ViT-Mu/4", "--option", "clasifier=gap"])
     assert bad.exit_code == 2 and "did you mean 'classifier'" in bad.output
+
+
+def test_train_timing_arithmetic():
+    # 4 images in 0.5 s at 1 GFLOP forward each: 8 img/s, ×3 for forward + backward = 24 GFLOP/s.
+    t = TrainTiming("vitrun", batch_size=4, seconds=0.5, flops_per_image=10**9, peak_flops=48e9)
+    assert t.images_per_s == pytest.approx(8.0)
+    assert t.tflops == pytest.approx(0.024)
+    assert t.utilisation == pytest.approx(0.5)
+
+
+def test_matmul_peak_counts_two_flops_per_multiply_add(monkeypatch):
+    import vitrun.benchmark as benchmark
+
+    monkeypatch.setattr(benchmark, "_alternate", lambda steps, repeats, warmup, device: {"mm": [0.5, 0.25, 1.0]})
+    assert matmul_peak(place("cpu", "fp32"), size=100) == pytest.approx(2 * 100**3 / 0.25)  # the best repeat
+
+
+def test_bench_train_cli():
+    pytest.importorskip("timm")
+    result = CliRunner().invoke(main, ["bench", "train", "--model", "ViT-Mu/4", "--image-size", "32", "--batch-size", "2", "--repeats", "1",
+                                       "--precision", "fp32", "--compile", "--compare", "timm", "--option", "classifier=gap"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for column in ("img/s", "ms/step", "TFLOP/s", "of peak", "vs timm", "matmul peak", "--compile ignored"):
+        assert column in result.output
+    assert "timm" in result.output.split("vs timm")[1]  # a timm row under the header
+    bad = CliRunner().invoke(main, ["bench", "train", "--model", "ViT-Mu/4", "--device", "cuda:7" if not _has_cuda() else "nope"])
+    assert bad.exit_code == 2 and "error:" in bad.output
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

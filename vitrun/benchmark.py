@@ -8,6 +8,12 @@ our/timm ratios; the alternation keeps a busy machine from favouring one side.
 
 timm is optional here: without it only our numbers are printed.
 
+`vitrun bench train` (`bench_train`) times the training step alone and says how close it is to
+the hardware: images/s, achieved TFLOP/s from counted FLOPs (`models.forward_flops` × 3 for
+forward + backward: the backward pass costs two forward matmuls, one for the input gradient and
+one for the weight gradient), and that as a share of the matrix-multiply peak measured on the
+same device in the same run (`matmul_peak`). Both commands time through `_alternate`.
+
 `vitrun bench inference` (`bench_inference`) is the paper's Figure 12 on the user's hardware:
 inference images/s per core (CPU) or per device (GPU), and the largest batch that fits in
 memory, per model and input size (see its docstring for how each is measured).
@@ -125,6 +131,89 @@ def _alternate(steps: dict[str, Callable[[], None]], repeats: int, warmup: int, 
             sync()
             seconds[who].append(time.perf_counter() - start)
     return seconds
+
+
+# -- the training step against the hardware ------------------------------------------------------
+
+BACKWARD_FACTOR = 3  # forward + backward ≈ 3 forward passes of matmul FLOPs (input and weight grads)
+
+
+@dataclass(frozen=True)
+class TrainTiming:
+    """One model's training step: median seconds and what they mean against the hardware."""
+
+    model: str  # "vitrun" | "timm"
+    batch_size: int
+    seconds: float  # median seconds per step (forward, backward, AdamW update)
+    flops_per_image: int  # counted forward FLOPs of one image
+    peak_flops: float  # measured matmul FLOP/s of the device, same run
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch_size / self.seconds
+
+    @property
+    def tflops(self) -> float:
+        """Achieved TFLOP/s: counted forward FLOPs × 3 (forward + backward) per image."""
+        return BACKWARD_FACTOR * self.flops_per_image * self.images_per_s / 1e12
+
+    @property
+    def utilisation(self) -> float:
+        """Achieved FLOP/s as a share of the measured matmul peak (model FLOPs utilisation)."""
+        return self.tflops * 1e12 / self.peak_flops
+
+
+def bench_train(
+    name: str,
+    placement: Placement,
+    image_size: int = 224,
+    batch_size: int = 8,
+    repeats: int = 5,
+    warmup: int = 2,
+    compare: bool = True,
+    **options,
+) -> tuple[list[TrainTiming], float]:
+    """Training steps of `name` (and its timm twin when `compare`), timed in turns: (timings, peak FLOP/s).
+
+    Both models see the same batch and optimiser (AdamW); with `placement.compile` both are
+    compiled (GPU only: `place` leaves it off on a CPU). The FLOPs are our model's, counted
+    once; the twin has the same architecture, so the same count applies to it.
+    """
+    from vitrun.models import forward_flops
+
+    ours = models.create(name, num_classes=1000, image_size=image_size, **options)
+    if getattr(ours.spec, "pre_logits", False):
+        ours.reset_head(1000)  # timm's ViT has no pre-logits: compare the fine-tuning shape
+    contenders = {"vitrun": ours}
+    twin = timm_twin(ours) if compare else None
+    if twin is not None:
+        contenders["timm"] = twin
+    flops = forward_flops(ours, image_size)
+    x = torch.randn(batch_size, 3, image_size, image_size, device=placement.device)
+    y = torch.randint(0, 1000, (batch_size,), device=placement.device)
+    steps = {}
+    for who, model in contenders.items():
+        model = model.to(placement.device)
+        steps[who] = _train_step(torch.compile(model) if placement.compile else model, x, y, placement)
+    seconds = _alternate(steps, repeats, warmup, placement.device)
+    peak = matmul_peak(placement)
+    return [TrainTiming(who, batch_size, statistics.median(s), flops, peak) for who, s in seconds.items()], peak
+
+
+def matmul_peak(placement: Placement, size: int | None = None, repeats: int = 3) -> float:
+    """FLOP/s of a square `torch.mm` in the placement's precision (bf16 or fp32), best of `repeats`.
+
+    size: 8192 on a GPU (saturates an H100-class device), 2048 on a CPU (a few hundred ms on
+    two cores, large enough for the BLAS to reach its steady rate). The best, not the median,
+    because a peak is what the device can do when nothing else is running.
+    """
+    device = placement.device
+    size = size or (8192 if device.type == "cuda" else 2048)
+    dtype = placement.dtype or torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = _alternate({"mm": lambda: torch.mm(a, b)}, repeats, 1, device)["mm"]
+    return 2 * size**3 / min(seconds)
 
 
 # -- Figure 12: inference across input sizes ------------------------------------------------------

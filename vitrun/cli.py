@@ -342,6 +342,54 @@ def bench_model_cmd(name, image_size, batch_size, repeats, device, precision, op
     _console().print(table)
 
 
+@bench_group.command("train")
+@click.option("--model", "name", required=True, help="Model name, e.g. ViT-S/16, R50x1, R50+ViT-B/16 (vitrun models lists them).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Images per step.")
+@click.option("--image-size", default=224, show_default=True, type=click.IntRange(4), help="Input resolution.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="auto: bf16 autocast on GPU, fp32 on CPU.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile both models (GPU only; ignored on a CPU).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda when there is one).")
+@click.option("--compare", type=click.Choice(["timm", "none"]), default="timm", show_default=True, help="Also time timm's same architecture (same weights), in turns with ours.")
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1), help="Timed steps per model (after 2 warm-up steps); the median counts.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A model option as in a recipe's [model], e.g. --option classifier=gap. Repeatable.")
+def bench_train_cmd(name, batch_size, image_size, precision, compile_, device, compare, repeats, options):
+    """Training-step speed of a model against the hardware and against timm.
+
+    Images/s, achieved TFLOP/s (counted forward FLOPs × 3 for forward + backward), the share
+    of the matrix-multiply peak measured on the same device in this run, and our speed over
+    timm's (same weights, vitrun.interop.to_timm), median of steps timed in turns.
+    `bench model` also times inference.
+    """
+    from vitrun.benchmark import bench_train
+    from vitrun.engine.device import place
+    from vitrun.models import spec
+
+    fields = _options(options)
+    try:
+        spec(name, **fields)
+        placement = place(device, precision, compile=compile_)
+        timings, peak = bench_train(name, placement, image_size, batch_size, repeats, compare=compare == "timm", **fields)
+    except (ValueError, RuntimeError) as err:
+        _fail(str(err))
+    from rich.table import Table
+
+    table = Table(title=f"{name} training step at {image_size} px, batch {batch_size}, {placement.describe()}", title_justify="left", header_style="bold")
+    for column in ("model", "img/s", "ms/step", "TFLOP/s", "of peak", "vs timm"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    theirs = next((t for t in timings if t.model == "timm"), None)
+    for t in timings:
+        ratio = "–" if theirs is None else f"{theirs.seconds / t.seconds:.2f}x"
+        table.add_row(t.model, f"{t.images_per_s:,.1f}", f"{1000 * t.seconds:,.1f}", f"{t.tflops:.3g}", f"{100 * t.utilisation:.1f}%", ratio)
+    notes = [f"matmul peak {peak / 1e12:.3g} TFLOP/s ({'bf16' if placement.dtype else 'fp32'} torch.mm, this device, this run)"]
+    if compile_ and not placement.compile:
+        notes.append("--compile ignored: torch.compile is used on a GPU only")
+    if compare == "timm" and theirs is None:
+        notes.append("timm is not installed: pip install timm for the comparison")
+    table.caption = "; ".join(notes)
+    table.caption_justify = "left"
+    _console().print(table)
+
+
 @main.command("doctor")
 @click.option("--results", "results", default=None, type=click.Path(file_okay=False), help="Also scan this results directory: broken records, bad weights, failed and unfinished stages, orphaned temp files, stale locks.")
 @click.option("--fix", "apply_fix", is_flag=True, help="Set broken records aside (their stages re-run), remove orphaned temp files and stale locks.")

@@ -415,3 +415,30 @@ def test_class_token_follows_the_classifier_unless_set():
     with torch.no_grad():
         tokens = model.forward_features(x)
         assert torch.allclose(model.representation(x), tokens[:, 1:].mean(1)), "gap averages the patch tokens, not the class token"
+
+
+@pytest.mark.parametrize("convention", ["official", "timm"])
+def test_standardize_gradient_matches_autograd(convention):
+    """StdConv2d's batch-norm-kernel standardisation: the formula's values and autograd's gradient."""
+    from vitrun.models.resnet import _Standardize, standardize
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn_like(w)
+    (ref,) = torch.autograd.grad(standardize(w, convention), w, g)
+    (ours,) = torch.autograd.grad(_Standardize.apply(w, convention), w, g)
+    torch.testing.assert_close(_Standardize.apply(w, convention), standardize(w, convention), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: _Standardize.apply(t, convention), (w,))
+
+
+@pytest.mark.parametrize("kernel,stride,size", [(1, 1, 9), (3, 1, 9), (3, 2, 8), (3, 2, 9), (1, 2, 8), (7, 2, 10)])
+def test_same_padding_conv_equals_explicit_pad(kernel, stride, size):
+    """The hybrid's "SAME" conv pads inside the conv when symmetric: the same output as F.pad first."""
+    from vitrun.models.resnet import StdConv2d, _same_padding
+
+    torch.manual_seed(0)
+    conv = StdConv2d(4, 5, kernel, stride, tf_same=True)
+    x = torch.randn(2, 4, size, size)
+    ref = F.conv2d(F.pad(x, _same_padding(x.shape[-2:], kernel, stride)), conv.standardized_weight(), None, stride)
+    torch.testing.assert_close(conv(x), ref, rtol=1e-5, atol=1e-5)

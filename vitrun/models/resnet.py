@@ -63,6 +63,41 @@ def standardize(w: torch.Tensor, eps_convention: str = "official") -> torch.Tens
     return ((flat - mean) * scale).reshape_as(w)  # (Cout, Cin, k, k)
 
 
+class _Standardize(torch.autograd.Function):
+    """`standardize` through batch norm's fused CPU/GPU kernels, the numerics unchanged (to
+    rounding, ~1e-7): autograd's chain through var_mean, sqrt and division was ~15% of an
+    R50x1 CPU training step (BENCHMARKS.md); timm standardises through `F.batch_norm` too.
+
+    Each filter is a channel of a (1, Cout, n) batch norm with no affine: b = (w − μ)·r,
+    r = (σ² + ε)^-½; "timm" is b itself (ε = 1e-8). "official" is (w − μ)/(σ + 1e-5) = b·c with
+    ε = 0 (a tiny ε keeps a constant filter finite) and c = 1/(1 + 1e-5·r) = σ/(σ + 1e-5); its
+    gradient is batch norm's backward of g·c, plus the path through c:
+    dc/dσ = 1e-5/(σ + 1e-5)² = 1e-5·(r·c)², dσ/dw = b/n, so + Σ(g·b)·1e-5·(r·c)²·b/n.
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, eps_convention: str) -> torch.Tensor:
+        flat = w.reshape(1, w.shape[0], -1)  # (1, Cout, n): one channel per filter
+        timm = eps_convention == "timm"
+        eps = EPS["timm"][0] if timm else 1e-30  # official: ε only keeps σ = 0 finite
+        b, mean, invstd = torch.native_batch_norm(flat, None, None, None, None, True, 0.0, eps)  # b: (1, Cout, n)
+        c = None if timm else 1.0 / (1.0 + WS_EPS * invstd)  # (Cout,): σ/(σ + 1e-5)
+        ctx.eps = eps
+        ctx.save_for_backward(flat, mean, invstd, c, None if timm else b)
+        return (b if timm else b * c[:, None]).reshape_as(w)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        flat, mean, invstd, c, b = ctx.saved_tensors
+        g = grad.reshape(flat.shape)  # (1, Cout, n)
+        # With c as batch norm's affine weight: the gradient of b·c through b, and Σ(g·b) per filter.
+        dw, g_b, _ = torch.ops.aten.native_batch_norm_backward(g, flat, c, None, None, mean, invstd, True, ctx.eps, [True, c is not None, False])
+        if c is not None:  # the path through c: Σ(g·b) · 1e-5·(r·c)²/n, times b
+            dc = WS_EPS * (invstd * c) ** 2 * g_b / flat.shape[2]  # (Cout,)
+            dw = dw.addcmul_(b, dc[:, None])
+        return dw.reshape(grad.shape), None
+
+
 class StdConv2d(nn.Conv2d):
     """Conv2d with Weight Standardisation (arXiv 1903.10520), no bias.
 
@@ -77,13 +112,19 @@ class StdConv2d(nn.Conv2d):
         nn.init.trunc_normal_(self.weight, std=self.weight[0].numel() ** -0.5)
 
     def standardized_weight(self) -> torch.Tensor:
-        return standardize(self.weight, self.eps_convention)
+        """The standardised kernel (Cout, Cin, k, k), through batch norm's kernels (`_Standardize`)."""
+        return _Standardize.apply(self.weight, self.eps_convention)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Cin, H, W) -> (B, Cout, H', W')"""
+        padding = self.padding
         if self.tf_same:
-            x = F.pad(x, _same_padding(x.shape[-2:], self.kernel_size[0], self.stride[0]))
-        return F.conv2d(x, self.standardized_weight(), None, self.stride, self.padding)
+            left, right, top, bottom = _same_padding(x.shape[-2:], self.kernel_size[0], self.stride[0])
+            if left == right and top == bottom:  # symmetric (all 1x1 and stride-1 convs): the conv pads, no copy
+                padding = (top, left)
+            else:  # the odd pixel after: only strided 3x3 and 7x7 convs
+                x = F.pad(x, (left, right, top, bottom))
+        return F.conv2d(x, self.standardized_weight(), None, self.stride, padding)
 
 
 def _same_padding(hw: tuple[int, int], kernel: int, stride: int) -> tuple[int, int, int, int]:
@@ -119,11 +160,11 @@ class PreActBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Cin, H, W) -> (B, Cout, H/stride, W/stride)"""
-        pre = F.relu(self.gn1(x))
+        pre = F.relu(self.gn1(x), inplace=True)  # in place: GN's backward reads its input only
         shortcut = self.conv_proj(pre) if self.conv_proj is not None else x
         y = self.conv1(pre)
-        y = self.conv2(F.relu(self.gn2(y)))
-        y = self.conv3(F.relu(self.gn3(y)))
+        y = self.conv2(F.relu(self.gn2(y), inplace=True))
+        y = self.conv3(F.relu(self.gn3(y), inplace=True))
         return y + shortcut
 
 
@@ -149,10 +190,10 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Cin, H, W) -> (B, Cout, ceil(H/stride), ceil(W/stride))"""
         shortcut = self.gn_proj(self.conv_proj(x)) if self.conv_proj is not None else x
-        y = F.relu(self.gn1(self.conv1(x)))
-        y = F.relu(self.gn2(self.conv2(y)))
+        y = F.relu(self.gn1(self.conv1(x)), inplace=True)
+        y = F.relu(self.gn2(self.conv2(y)), inplace=True)
         y = self.gn3(self.conv3(y))
-        return F.relu(y + shortcut)
+        return F.relu(y + shortcut, inplace=True)
 
 
 # -- trunk -----------------------------------------------------------------------------
@@ -187,7 +228,7 @@ class ResNetTrunk(nn.Module):
             # BiT: zero padding then an unpadded pool (its code; no ReLU precedes it here).
             x = F.max_pool2d(F.pad(x, (1, 1, 1, 1)), 3, 2)  # (B, base, H/4, W/4)
         else:
-            x = F.relu(self.gn_root(x))
+            x = F.relu(self.gn_root(x), inplace=True)
             # "SAME" max-pool; after the ReLU, zero padding equals flax's -inf padding.
             x = F.max_pool2d(F.pad(x, _same_padding(x.shape[-2:], 3, 2)), 3, 2)  # (B, base, H/4, W/4)
         return self.stages(x)
@@ -215,7 +256,7 @@ class ResNet(nn.Module):
 
     def representation(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W) -> (B, C): pooled features after the final GN + ReLU."""
-        x = F.relu(self.norm(self.trunk(x)))  # (B, C, h, w)
+        x = F.relu(self.norm(self.trunk(x)), inplace=True)  # (B, C, h, w)
         return x.mean(dim=(2, 3))  # (B, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
