@@ -219,7 +219,7 @@ def _pivot(name: str, frame: pd.DataFrame, spec: TableSpec) -> Table:
     count = shape(count).fillna(0) if count is not None else None
     status_frame = shape(status).reindex_like(table) if status is not None else None
     notes = []
-    if count is not None and (counts := sorted(set(count.stack().astype(int)) - {0})):
+    if count is not None and (counts := sorted(set(count.stack().astype(int)) - {0})) and counts != [1]:  # one seed: nothing to say
         notes.append(f"mean ± std over seeds (n = {counts[0]} per cell)" if len(counts) == 1 else "mean ± std over seeds (n per cell in brackets)")
     if not failed.empty:
         tally = failed["status"].value_counts()
