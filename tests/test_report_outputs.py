@@ -118,3 +118,10 @@ def test_one_broken_experiment_does_not_hide_the_others(three):
     assert result.exit_code == 2
     assert "## alpha" in result.output and "## gamma_100%" in result.output
     assert "beta.toml: report.tables[0]: unknown column 'shots' (did you mean 'fewshot.shots'?)" in result.output
+
+
+def test_two_column_levels_with_seeds(three):
+    _tables(three, "alpha", [{"name": "by kind and data", "rows": "model", "columns": ["kind", "data"]}])
+    result = _invoke("report", "--results", three, "--experiment", "alpha", "--format", "markdown")
+    assert result.exit_code == 0, result.output
+    assert "kind · data = finetune · digits" in result.output.replace(" / ", " · ")

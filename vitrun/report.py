@@ -60,7 +60,7 @@ class Table:
         return pd.DataFrame([[self.cell(i, c) for c in self.frame.columns] for i in self.frame.index], index=self.frame.index, columns=self.frame.columns)
 
     def _uniform_count(self) -> bool:
-        counts = set(self.count.stack().astype(int)) - {0} if self.count is not None else set()
+        counts = _counts(self.count) - {0} if self.count is not None else set()
         return len(counts) <= 1
 
 
@@ -219,13 +219,18 @@ def _pivot(name: str, frame: pd.DataFrame, spec: TableSpec) -> Table:
     count = shape(count).fillna(0) if count is not None else None
     status_frame = shape(status).reindex_like(table) if status is not None else None
     notes = []
-    if count is not None and (counts := sorted(set(count.stack().astype(int)) - {0})) and counts != [1]:  # one seed: nothing to say
+    if count is not None and (counts := sorted(_counts(count) - {0})) and counts != [1]:  # one seed: nothing to say
         notes.append(f"mean ± std over seeds (n = {counts[0]} per cell)" if len(counts) == 1 else "mean ± std over seeds (n per cell in brackets)")
     if not failed.empty:
         tally = failed["status"].value_counts()
         notes.append("not averaged in: " + ", ".join(f"{n} {s}" for s, n in sorted(tally.items())) + f" stage{'s' if len(failed) > 1 else ''}")
     table, std, count, status_frame = (_integral_labels(f) for f in (table, std, count, status_frame))
     return Table(name, table, spec, std, count, status_frame, tuple(notes))
+
+
+def _counts(count: pd.DataFrame) -> set[int]:
+    """The distinct seed counts of a table's cells (any number of column levels; blanks skipped)."""
+    return {int(v) for v in count.to_numpy().ravel() if not pd.isna(v)}
 
 
 def _integral_labels(frame: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -324,7 +329,8 @@ def flat(table: Table) -> pd.DataFrame:
     """The table as strings with a single header row: each row level a column, each column
     labelled `name = value` (`pretrain.size = 500`) or its value alone when unnamed."""
     shown = table.display()
-    name = shown.columns.name
+    names = [n for n in shown.columns.names if n is not None]
+    name = " · ".join(map(str, names)) if len(names) == shown.columns.nlevels else None
     labels = [" · ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in shown.columns]
     shown.columns = [f"{name} = {label}" if name else label for label in labels]
     levels = [str(n) if n is not None else "row" for n in shown.index.names]
