@@ -13,23 +13,15 @@ from typing import Any
 
 import pandas as pd
 
-from vitrun.store import METRICS_FILE, STAGE_FILE, Store
+from vitrun.store import METRICS_FILE, STAGE_FILE, Store, read_metrics as read_rows
 
 TRAINING_KINDS = ("pretrain", "finetune_dev", "finetune")
 PANELS = (("loss", "training loss", "log"), ("lr", "learning rate", "linear"), ("grad_norm", "gradient norm (before clipping)", "log"))
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of one metrics.jsonl; unparsable lines (a torn last line) are skipped."""
-    rows = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-    return rows
+    """The logged steps of one metrics.jsonl (torn or foreign lines skipped, see store.read_metrics)."""
+    return [row for row in read_rows(path) if "step" in row]
 
 
 def curves_frame(store: Store, experiment: str) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from torch import nn
 from vitrun.engine import Diverged, Interrupted, checkpoint
 from vitrun.engine.device import Placement
 from vitrun.engine.schedules import warmup_then_decay
-from vitrun.store import StageDir, write_atomic
+from vitrun.store import StageDir, read_metrics, write_atomic
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -147,15 +147,8 @@ def _truncate_log(stage_dir: StageDir, step: int) -> None:
     path = stage_dir.metrics_file
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and row.get("step", 0) <= step:
-            kept.append(line)
-    write_atomic(path, "".join(line + "\n" for line in kept).encode())
+    kept = [row for row in read_metrics(path) if row.get("step", 0) <= step]
+    write_atomic(path, "".join(json.dumps(row) + "\n" for row in kept).encode())  # as _log wrote them
 
 
 class _StopRequests:
