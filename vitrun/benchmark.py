@@ -21,6 +21,8 @@ memory, per model and input size (see its docstring for how each is measured).
 
 from __future__ import annotations
 
+import functools
+
 import ctypes
 import gc
 import statistics
@@ -57,22 +59,28 @@ def bench_model(
     **options,
 ) -> list[Timing]:
     """Time `name` (plus model options) and, when timm is installed and `compare`, its timm twin."""
-    ours = models.create(name, num_classes=1000, image_size=image_size, **options)
-    if getattr(ours.spec, "pre_logits", False):
-        ours.reset_head(1000)  # timm's ViT has no pre-logits: compare the fine-tuning shape
-    contenders = {"vitrun": ours}
-    if compare:
-        twin = timm_twin(ours)
-        if twin is not None:
-            contenders["timm"] = twin
-    x = torch.randn(batch_size, 3, image_size, image_size, device=placement.device)
-    y = torch.randint(0, 1000, (batch_size,), device=placement.device)
+    _, contenders, x, y = _contenders(name, placement, image_size, batch_size, compare, options)
     timings = []
     for work, make_step in (("inference", _inference), ("train step", _train_step)):
         steps = {who: make_step(m.to(placement.device), x, y, placement) for who, m in contenders.items()}
         seconds = _alternate(steps, repeats, warmup, placement.device)
         timings += [Timing(who, work, batch_size / statistics.median(s)) for who, s in seconds.items()]
     return timings
+
+
+def _contenders(name: str, placement: Placement, image_size: int, batch_size: int, compare: bool, options: dict):
+    """(our model, {"vitrun": it, "timm": its twin when asked and timm is installed}, images, labels):
+    what `bench model` and `bench train` time, on one random batch of 1000-way labels."""
+    ours = models.create(name, num_classes=1000, image_size=image_size, **options)
+    if getattr(ours.spec, "pre_logits", False):
+        ours.reset_head(1000)  # timm's ViT has no pre-logits: compare the fine-tuning shape
+    contenders = {"vitrun": ours}
+    twin = timm_twin(ours) if compare else None
+    if twin is not None:
+        contenders["timm"] = twin
+    x = torch.randn(batch_size, 3, image_size, image_size, device=placement.device)
+    y = torch.randint(0, 1000, (batch_size,), device=placement.device)
+    return ours, contenders, x, y
 
 
 def train_step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, placement: Placement, repeats: int = 5, warmup: int = 1) -> float:
@@ -181,16 +189,8 @@ def bench_train(
     """
     from vitrun.models import forward_flops
 
-    ours = models.create(name, num_classes=1000, image_size=image_size, **options)
-    if getattr(ours.spec, "pre_logits", False):
-        ours.reset_head(1000)  # timm's ViT has no pre-logits: compare the fine-tuning shape
-    contenders = {"vitrun": ours}
-    twin = timm_twin(ours) if compare else None
-    if twin is not None:
-        contenders["timm"] = twin
+    ours, contenders, x, y = _contenders(name, placement, image_size, batch_size, compare, options)
     flops = forward_flops(ours, image_size)
-    x = torch.randn(batch_size, 3, image_size, image_size, device=placement.device)
-    y = torch.randint(0, 1000, (batch_size,), device=placement.device)
     steps = {}
     for who, model in contenders.items():
         model = model.to(placement.device)
@@ -283,7 +283,7 @@ def bench_inference(
                 fits, how = _estimated_cpu_batch(run, batch, memory_bytes or TPU_CORE_BYTES, max_batch)
                 timed = batch
             warmup = 1 if on_gpu else 0  # on CPU the peak-memory pass at `batch` was the warm-up
-            seconds = _alternate({"model": lambda: run(timed)}, repeats, warmup, placement.device)["model"]
+            seconds = _alternate({"model": functools.partial(run, timed)}, repeats, warmup, placement.device)["model"]
             rate = timed / statistics.median(seconds)
             point = InferencePoint(name, model.spec.family, size, timed, rate, rate / unit_count, "device" if on_gpu else "core", fits, how)
             points.append(point)
