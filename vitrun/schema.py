@@ -101,6 +101,7 @@ class DataFields(Section):
     eval_size: Optional[Images] = Field(None, description="images held out as test when a source has no test split; default test_fraction of train, at most 50,000")
     dev_fraction: Optional[Fraction] = Field(None, description="held-out share of train for learning-rate selection; default per dataset")
     crop: Optional[Literal["inception", "resize"]] = Field(None, description="training crop; default inception for pre-training, resize for fine-tuning real images")
+    stream: bool = Field(False, description="hf: read as a stream (no Arrow copy, no random access; [pretrain] only): see vitrun/data/streaming.py for what it keeps")
 
     @model_serializer(mode="wrap")
     def _drop_unset_options(self, handler):
@@ -114,7 +115,7 @@ class DataFields(Section):
 
 
 # Keys added with real sources: left out of stage configs while unset (see DataFields).
-_SOURCE_OPTIONS = ("config", "train_split", "test_split", "image_column", "label_column", "root", "download", "test_fraction", "eval_size", "dev_fraction", "crop")
+_SOURCE_OPTIONS = ("config", "train_split", "test_split", "image_column", "label_column", "root", "download", "test_fraction", "eval_size", "dev_fraction", "crop", "stream")
 
 
 class PretrainConfig(DataFields):
@@ -219,6 +220,13 @@ class TransferConfig(DataFields):
     @property
     def label(self) -> str:
         return self.name or self.data
+
+    @field_validator("stream")
+    @classmethod
+    def _random_access(cls, stream: bool) -> bool:
+        if stream:  # dev splits and k-shot draws pick images by label, anywhere in the split
+            raise ValueError("stream = true is for [pretrain] only: a transfer dataset needs random access (dev split, k-shot draws); remove it here")
+        return stream
 
 
 class RunConfig(Section):

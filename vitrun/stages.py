@@ -17,6 +17,7 @@ from torch import nn
 from vitrun import data, models
 from vitrun.data import loader, sampling, sources
 from vitrun.data.options import SPLIT_SEED, SourceOptions
+from vitrun.data.streaming import StreamImageSet
 from vitrun.engine import checkpoint, masked_patch
 from vitrun.engine.device import Placement
 from vitrun.engine.loop import LoopSettings, decay_groups, supervised, train
@@ -81,7 +82,7 @@ def pretrain(stage: Stage, ctx: Context) -> dict[str, Any]:
     if p["steps"] == 0:  # includes objective = "scratch"
         return _initial_weights(stage, ctx)
     ds = _pretrain_data(cfg, ctx)
-    train_set = ds.train.subset(sampling.balanced_subset(ds.train.labels, p["size"], cfg["seed"])) if p["size"] else ds.train
+    train_set = _subset(ds.train, p["size"], cfg["seed"]) if p["size"] else ds.train
     if p["objective"] == "masked-patch":
         return _masked_patch(stage, ctx, ds, train_set)
     model = _initial_model(cfg, ds.num_classes).to(ctx.placement.device)
@@ -94,9 +95,21 @@ def pretrain(stage: Stage, ctx: Context) -> dict[str, Any]:
         **summary,
         "accuracy": accuracy(model, ds.test, p["image_size"], ctx),
         "num_classes": ds.num_classes,
-        "train_images": len(train_set),
+        "train_images": _count(train_set),
         "images_seen": p["steps"] * p["batch_size"],
     }
+
+
+def _subset(images, size: int, seed: int):
+    """The `size`-image pre-training subset: class-balanced, or a stream's first `size` examples."""
+    if isinstance(images, StreamImageSet):
+        return images.first(size)
+    return images.subset(sampling.balanced_subset(images.labels, size, seed))
+
+
+def _count(images) -> int | None:
+    """Training images, None for a stream of unknown length."""
+    return images.size if isinstance(images, StreamImageSet) else len(images)
 
 
 def _masked_patch(stage: Stage, ctx: Context, ds: data.Dataset, train_set) -> dict[str, Any]:
@@ -116,7 +129,7 @@ def _masked_patch(stage: Stage, ctx: Context, ds: data.Dataset, train_set) -> di
     checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model.vit)
     with ctx.placement.autocast():
         scores = masked_patch.evaluate(model, _device_batches(ds.test, p["image_size"], ctx), p["mask_rate"])
-    return {**summary, "accuracy": None, **scores, "num_classes": 1, "train_images": len(train_set), "images_seen": p["steps"] * p["batch_size"]}
+    return {**summary, "accuracy": None, **scores, "num_classes": 1, "train_images": _count(train_set), "images_seen": p["steps"] * p["batch_size"]}
 
 
 def _pretrain_optimizer(model: nn.Module, p: dict[str, Any]) -> torch.optim.Optimizer:

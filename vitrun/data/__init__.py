@@ -100,6 +100,10 @@ def load(
     if not is_embedded(source):
         from vitrun.data import sources
 
+        if options is not None and options.stream:
+            if per_class is not None:
+                raise SourceError("per_class", f"{source}: per_class draws images by label, which a stream cannot; drop per_class or stream")
+            return sources.open_stream(source, options, classes, cache_dir)
         return _restrict(sources.open_dataset(source, options or SourceOptions(), cache_dir), seed, classes, per_class)
     if source not in SOURCES:
         raise SourceError("data", _unknown_source(source))

@@ -32,6 +32,8 @@ from PIL import Image
 from vitrun.data import augment, gpu_decode, transforms
 from vitrun.data.imageset import ImageSet
 from vitrun.data.lazy import LazyImageSet
+from vitrun.data.streaming import StreamImageSet
+from vitrun.data.streaming import train_batches as stream_batches
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # float32 (B, 3, S, S) in [-1, 1], int64 (B,)
 _VIEW_TAG = 0x71E4  # salts per-image augmentation streams apart from other seeded draws
@@ -88,7 +90,7 @@ class EpochOrder:
 
 
 def train_batches(
-    images: ImageSet | LazyImageSet,
+    images: ImageSet | LazyImageSet | StreamImageSet,
     image_size: int,
     batch_size: int,
     steps: int,
@@ -101,6 +103,8 @@ def train_batches(
     crop: "inception" (random area 5-100% for real images, 35-100% for embedded ones, as
     ``augment``) or "resize" (shorter side to the target, random square crop); both flip.
     """
+    if isinstance(images, StreamImageSet):  # no random access: read in order, this rank's part (streaming.py)
+        return stream_batches(images, image_size, batch_size, seed, crop, settings.device, max(1, settings.workers))
     order = EpochOrder(len(images), seed)
     if isinstance(images, ImageSet):
         # A square image already at the target size: "resize" + random crop is the whole image.

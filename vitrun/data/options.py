@@ -39,6 +39,7 @@ class SourceOptions:
     test_fraction: Optional[float] = None  # share of train held out as test when there is no test split
     eval_size: Optional[int] = None  # ... or this many images (default: the share, at most DEFAULT_EVAL_SIZE)
     dev_fraction: Optional[float] = None  # held-out share of train for learning-rate selection
+    stream: bool = False  # hf: read as a stream (streaming.py), for hub datasets without random access
 
     @classmethod
     def of(cls, section: dict[str, Any]) -> "SourceOptions":

@@ -52,6 +52,7 @@ OPTION_KINDS = {
     "test_fraction": _REAL,
     "eval_size": _REAL,
     "dev_fraction": _REAL | {"embedded"},
+    "stream": frozenset({"hf"}),
 }
 
 # The paper's held-out share of the training split for picking the fine-tuning learning
@@ -160,6 +161,15 @@ def open_dataset(text: str, options: SourceOptions = SourceOptions(), cache_dir:
     if test.classes != train.classes:
         test = LazyImageSet(test.reader, test.rows, test.labels, train.classes)
     return Dataset(str(source), train, test, validation)
+
+
+def open_stream(text: str, options: SourceOptions, classes: int | None, cache_dir=None) -> Dataset:
+    """An ``hf:`` source read as a stream (``stream = true``; see ``streaming.py``)."""
+    from vitrun.data import streaming
+
+    source = parse(text)
+    check_options(source, options)
+    return streaming.open_dataset(str(source), source.target, _with_config(source, options), classes, cache_dir)
 
 
 def dev_fraction(text: str, options: SourceOptions = SourceOptions()) -> float:
