@@ -79,6 +79,8 @@ def test_status_lifecycle(tmp_path):
     lambda text: b"",
     lambda text: text[: len(text) // 2],
     lambda text: text.replace(b"0.5", b"0.9"),  # parses, but the checksum no longer matches
+    lambda text: json.dumps(json.loads(text), indent=4).encode(),  # the same record re-indented: not the bytes sealed
+    lambda text: text.replace(b'"format": 3', b'"format": 2'),  # format 2's checksum covers other bytes
     lambda text: text[:10] + b"\xff" + text[11:],
     lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k not in ("checksum", "format")}).encode(),  # format 1
     lambda text: b"[1, 2]",
@@ -96,6 +98,25 @@ def test_damaged_record_is_broken_and_reported(tmp_path, damage):
     assert [r["key"] for r in scan.records] == ["a"]
     assert [p.path for p in scan.problems] == [sd.stage_file]
     assert "\n" not in str(scan.problems[0])
+
+
+def test_format_2_records_still_verify_and_nan_parses(tmp_path):
+    """Records sealed before format 3 (checksum of a compact re-serialisation) stay done;
+    NaN (which json writes and orjson refuses) is read as json reads it."""
+    import hashlib
+    import math
+
+    from vitrun.store import canonical
+
+    sd = Store(tmp_path).stage("exp", "old")
+    sd.path.mkdir(parents=True)
+    body = {"key": "old", "status": "done", "metrics": {"accuracy": 0.5, "final_loss": float("nan")}, "format": 2}
+    sd.stage_file.write_text(json.dumps({**body, "checksum": hashlib.sha256(canonical(body)).hexdigest()}, indent=2, sort_keys=True))
+    assert sd.status() == "done" and math.isnan(sd.read()["metrics"]["final_loss"])
+    new = Store(tmp_path).stage("exp", "new")
+    new.finish({"key": "new", "status": "done", "metrics": {"final_loss": float("nan")}})
+    assert new.read()["format"] == 3 and math.isnan(new.read()["metrics"]["final_loss"])
+    assert new.stage_file.read_bytes().endswith(b'"\n}\n')
 
 
 def test_unreadable_record_is_broken(tmp_path):

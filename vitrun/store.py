@@ -5,9 +5,11 @@ from its checkpoint. The record carries the sha256 of its own canonical content 
 and of the stage's weights (`files`), so a stage counts as done only when its record parses
 and verifies, and a child never loads weights that changed on disk.
 
-Record format 2 (`"format": 2`): records without a checksum (format 1, vitrun before the
-integrity work) count as broken and their stages re-run; vitrun 0.1.0 keeps no compatibility
-shims.
+Record format 3 (`"format": 3`): the record's body as written (indented, keys sorted), then
+`checksum`, the sha256 of those very bytes, as its last key: a report verifies 10,000 records
+by hashing their files, with nothing re-serialised. Format 2 records (the checksum of a compact
+re-serialisation) still verify; records without a checksum (format 1, vitrun before the
+integrity work) count as broken and their stages re-run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import orjson
+
 from vitrun import lock
 from vitrun.durable import remove_orphaned_temps, sha256_file, write_atomic, write_stream_atomic
 
@@ -33,7 +37,8 @@ WEIGHTS_FILE = "weights.pt"
 ERROR_FILE = "error.log"
 LOCK_FILE = ".lock"
 RECIPE_FILE = "recipe.json"
-RECORD_FORMAT = 2
+RECORD_FORMAT = 3
+_SEALED_BY = b',\n  "checksum": "'  # the last key of a format-3 record, then 64 hex digits and b'"\n}\n'
 # A record's outcome; only "done" lets children run. "diverged" is a result (the loss went
 # non-finite: deterministic, kept); "failed" (the stage raised) is retried by the next run.
 FINISHED = ("done", "diverged")
@@ -81,37 +86,59 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def canonical(record: dict[str, Any]) -> bytes:
-    """The bytes a record's checksum covers: every key but `checksum`, sorted, compact."""
+    """The bytes a format-2 record's checksum covers: every key but `checksum`, sorted, compact."""
     body = {k: v for k, v in record.items() if k != "checksum"}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def seal(record: dict[str, Any]) -> dict[str, Any]:
-    body = {**record, "format": RECORD_FORMAT}
-    return {**body, "checksum": hashlib.sha256(canonical(body)).hexdigest()}
+def sealed_bytes(record: dict[str, Any]) -> bytes:
+    """`record` as stage.json: its body (indented, keys sorted, ASCII), then the sha256 of the
+    body's bytes as a last `checksum` key."""
+    body = json.dumps({**{k: v for k, v in record.items() if k != "checksum"}, "format": RECORD_FORMAT}, indent=2, sort_keys=True, ensure_ascii=True).encode()
+    return body[:-2] + _SEALED_BY + hashlib.sha256(body).hexdigest().encode() + b'"\n}\n'  # body ends b"\n}"
+
+
+def _sealed(raw: bytes) -> bool:
+    """Whether format-3 bytes carry the sha256 of their own body (see `sealed_bytes`)."""
+    at = raw.rfind(_SEALED_BY)
+    end = at + len(_SEALED_BY)
+    if at < 0 or raw[end + 64 :] != b'"\n}\n':
+        return False
+    return hashlib.sha256(raw[:at] + b"\n}").hexdigest().encode() == raw[end : end + 64]
 
 
 def parse_record(path: Path) -> dict[str, Any]:
     """The verified record at `path`; raises BrokenRecord (one line) for anything else."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        raw = path.read_bytes()
     except OSError as err:
         raise BrokenRecord(path, f"cannot read it ({err.strerror})") from None
+    try:
+        record = orjson.loads(raw)  # twice as fast as json: a report reads 10,000 records
+    except orjson.JSONDecodeError:  # damage, or NaN/Infinity (json writes them, orjson refuses)
+        record = _parse_slowly(path, raw)
+    if not isinstance(record, dict):
+        raise BrokenRecord(path, "not a stage record (expected a JSON object)")
+    form = record.get("format")
+    if form not in (2, RECORD_FORMAT) or "checksum" not in record:
+        raise BrokenRecord(path, f"record format {form or 1!r} without a valid checksum (vitrun wants format {RECORD_FORMAT}); the stage will re-run")
+    if not (_sealed(raw) if form == RECORD_FORMAT else hashlib.sha256(canonical(record)).hexdigest() == record["checksum"]):
+        raise BrokenRecord(path, "checksum mismatch (the file was changed or damaged after it was written)")
+    return record
+
+
+def _parse_slowly(path: Path, raw: bytes) -> Any:
+    """`raw` parsed by json, or BrokenRecord saying why it is not JSON (with line and column)."""
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BrokenRecord(path, "not UTF-8 text (damaged)") from None
     if not text.strip():
         raise BrokenRecord(path, "empty (a write was cut short)")
     try:
-        record = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise BrokenRecord(path, f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno}; truncated or damaged)") from None
-    if not isinstance(record, dict):
-        raise BrokenRecord(path, "not a stage record (expected a JSON object)")
-    if record.get("format") != RECORD_FORMAT or "checksum" not in record:
-        raise BrokenRecord(path, f"record format {record.get('format', 1)!r} without a valid checksum (vitrun wants format {RECORD_FORMAT}); the stage will re-run")
-    if hashlib.sha256(canonical(record)).hexdigest() != record["checksum"]:
-        raise BrokenRecord(path, "checksum mismatch (the file was changed or damaged after it was written)")
-    return record
 
 
 @dataclass(frozen=True)
@@ -161,7 +188,7 @@ class StageDir:
         files = {}
         if self.weights_file.is_file():
             files[WEIGHTS_FILE] = {"sha256": sha256_file(self.weights_file), "bytes": self.weights_file.stat().st_size}
-        write_json_atomic(self.stage_file, seal({**record, "files": files}))
+        write_atomic(self.stage_file, sealed_bytes({**record, "files": files}))
         with contextlib.suppress(FileNotFoundError):
             self.checkpoint_file.unlink()
 

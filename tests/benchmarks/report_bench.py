@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vitrun.store import seal
+from vitrun.store import sealed_bytes
 
 MODELS = [
     {"name": "ViT-B/16", "family": "vit", "width": 768, "depth": 12, "heads": 12, "mlp": 3072, "patch": 16, "classifier": "token", "pos_embed": "1d", "pos_embed_at": "stem", "pre_logits": True, "dropout": 0.0},
@@ -62,7 +62,7 @@ def _write(folder: Path, key: str, kind: str, config: dict, parents: list, accur
         "finished_at": "2026-01-01T00:00:00+00:00",
     }
     (folder / key).mkdir(parents=True)
-    (folder / key / "stage.json").write_text(json.dumps(seal(record), indent=2, sort_keys=True))  # as the runner seals it
+    (folder / key / "stage.json").write_bytes(sealed_bytes(record))  # as the runner seals it
     return 1
 
 
