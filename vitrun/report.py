@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -13,6 +12,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from vitrun.schema import TableSpec
+from vitrun.columns import ReportError, check_name, stage_row
 from vitrun.store import STAGE_FILE, Store
 
 FORMATS = ("table", "markdown", "csv", "latex", "json")
@@ -20,10 +20,6 @@ EXTENSIONS = {"markdown": "md", "csv": "csv", "latex": "tex", "json": "json", "t
 
 
 _STAGE_DIR = re.compile(r"^[a-z_]+-[0-9a-f]{12}$")  # a stage key; report/ and analysis/ are not stages
-
-
-class ReportError(Exception):
-    """A report spec names something the results do not have."""
 
 
 @dataclass(frozen=True)
@@ -78,61 +74,15 @@ def load_frame(store: Store, experiment: str | None = None, records: Iterable[di
     return frame_of(store.records(experiment) if records is None else records)
 
 
-# What stages record in their `metrics` (vitrun/stages.py, engine/loop.py, engine/masked_patch.py,
-# runner.py): the columns a report may use besides the config's, known before anything runs.
-METRICS = ("accuracy", "final_loss", "steps", "num_classes", "train_images", "images_seen", "dev_fraction",
-           "dev_images", "lr", "l2_reg", "feature_dim", "masked_patch_accuracy", "masked_patch_loss",
-           "diverged_at_step", "loss")
-
-
 def frame_of(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """`load_frame` over any stage records (read from a store, or planned: `planned_columns`)."""
-    from vitrun.paper import section_dataset
-
-    rows = []
-    for record in records:
-        config = record.get("config", {})
-        row: dict[str, Any] = {"experiment": record.get("experiment"), "key": record.get("key"), "kind": record.get("kind"), "status": record.get("status") or "done"}
-        row.update(_flatten(config))
-        row["model"] = config.get("model", {}).get("name")
-        pretrain = config.get("pretrain") or {}
-        transfer = config.get("transfer") or {}
-        row["data"] = transfer.get("name") or transfer.get("data") or pretrain.get("name") or pretrain.get("data")
-        section = config.get("finetune") if record.get("kind") in ("finetune", "finetune_dev") else None
-        row["resolution"] = (section or {}).get("image_size") or pretrain.get("image_size")
-        row["pretrain_set"] = section_dataset(pretrain) or pretrain.get("data")
-        row["transfer_set"] = section_dataset(transfer)
-        parents = record.get("parents") or []
-        row["pretrain_key"] = record.get("key") if record.get("kind") == "pretrain" else (parents[0] if parents else None)
-        row.update({k: v for k, v in (record.get("metrics") or {}).items() if not isinstance(v, (list, dict))})
-        row.update({"wall_time_s": record.get("wall_time_s"), "flops": record.get("flops"), "device": record.get("device")})
-        row["versions"] = " ".join(f"{k} {v}" for k, v in sorted((record.get("versions") or {}).items())) or None
-        rows.append(row)
-    frame = pd.DataFrame(rows)
+    """`load_frame` over any stage records (read from a store, or built by tests)."""
+    frame = pd.DataFrame([stage_row(record) for record in records])
     if not frame.empty and "accuracy" not in frame:  # every stage failed: still a table of statuses
         frame["accuracy"] = float("nan")
     if not frame.empty:
         pretrain_flops = frame[frame["kind"] == "pretrain"].set_index("key")["flops"]
         frame["pretrain_exaflops"] = pd.to_numeric(frame["pretrain_key"].map(pretrain_flops), errors="coerce") / 1e18
     return frame
-
-
-def planned_columns(stages: Iterable[Any]) -> set[str]:
-    """The columns `load_frame` will give the records of these planned stages (`plan.Stage`s),
-    so report tables are checked before anything runs."""
-    records = [{"experiment": "", "key": stage.key, "kind": stage.kind, "status": "done", "config": stage.config,
-                "parents": list(stage.parents), "metrics": dict.fromkeys(METRICS, 0.0), "flops": 0.0, "wall_time_s": 0.0,
-                "device": "", "versions": {}} for stage in stages]
-    return {str(c) for c in frame_of(records).columns} | {"run"}
-
-
-def check_spec_columns(spec: TableSpec, columns: set[str], where: str) -> None:
-    """ReportError naming the first column `spec` uses that `columns` lacks (with a suggestion)."""
-    frame = pd.DataFrame(columns=sorted(columns))
-    for key in spec.where:
-        _check_column(frame, key, f"{where}.where")
-    for name in [*_as_list(spec.rows), *_as_list(spec.columns), spec.values] + ([spec.per] if spec.per else []):
-        _check_column(frame, name, where)
 
 
 def unfinished_stages(store: Store, experiment: str, finished: Iterable[str] = ()) -> list[str]:
@@ -258,35 +208,11 @@ def _unstack(series: pd.Series, columns: list[str]) -> pd.DataFrame:
 
 
 def _check_column(frame: pd.DataFrame, name: str, where: str) -> None:
-    if name not in frame.columns:
-        columns = [str(c) for c in frame.columns]
-        close = ([c for c in columns if c.rsplit(".", 1)[-1] == name]  # "shots" → "fewshot.shots"
-                 or difflib.get_close_matches(name, columns, n=1, cutoff=0.6)
-                 or sorted(c for c in columns if c.startswith(name)))  # "acc" → "accuracy"
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ReportError(f"{where}: unknown column {name!r}{hint}")
+    check_name(frame.columns, name, where)
 
 
 def _as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"model": {"name": …}} → {"model.name": …}; lists become their text (one cell each).
-    Written flat for the two levels configs have: a report flattens thousands of them."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = prefix + key
-        if value.__class__ is dict:
-            for inner, leaf in value.items():
-                cls = leaf.__class__
-                if cls is dict:
-                    out.update(_flatten(leaf, f"{name}.{inner}."))
-                else:
-                    out[f"{name}.{inner}"] = str(leaf) if cls is list else leaf
-        else:
-            out[name] = str(value) if value.__class__ is list else value
-    return out
 
 
 # -- rendering -------------------------------------------------------------------------

@@ -121,16 +121,6 @@ def _as_rows(rows: Any) -> list[str]:
     return [rows] if isinstance(rows, str) else list(rows)
 
 
-def planned_columns(stages) -> set[str]:
-    """Every column a report of these planned stages can use: config, metrics, aliases and the
-    paper's columns (see `report.planned_columns`)."""
-    import math
-
-    columns = report.planned_columns(stages)
-    records = pd.DataFrame([dict.fromkeys(sorted(columns), math.nan)]).assign(kind="pretrain", status="done", model="", pretrain_set="", transfer_set=None, key="", data="")
-    return columns | {str(c) for c in add_paper_columns(records).columns}
-
-
 def render_listing(title: str, frame: pd.DataFrame, notes: list[str], fmt: str) -> str:
     shown = frame.fillna("–").astype(str)
     if fmt == "markdown":

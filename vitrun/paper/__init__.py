@@ -69,6 +69,10 @@ def paper_dataset(source: str | None) -> str | None:
     return None
 
 
+# The paper's pre-training cost beside ours on every report row (`join.add_paper_columns`).
+PAPER_COST_COLUMNS = ("paper_exaflops", "paper_core_days")
+
+
 def section_dataset(section: Mapping[str, Any] | None) -> str | None:
     """The paper dataset of a recipe section ([pretrain] or a [[transfer]]): `name` first, then `data`."""
     if not section:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from vitrun.paper import AVERAGE5, CONDITION_DEFAULTS, PaperNumber, numbers, pretrain_compute
+from vitrun.paper import AVERAGE5, CONDITION_DEFAULTS, PAPER_COST_COLUMNS, PaperNumber, numbers, pretrain_compute
 from vitrun.paper.metrics import average5, mean_std, vtab
 from vitrun.paper.real import load_predictions, real_accuracy
 
@@ -25,8 +25,8 @@ def add_paper_columns(frame: pd.DataFrame) -> pd.DataFrame:
     pairs = frame[["model", "pretrain_set"]].drop_duplicates()
     cost = {(m, p): pretrain_compute(m, p) for m, p in pairs.itertuples(index=False)}
     keys = list(zip(frame["model"], frame["pretrain_set"]))
-    frame["paper_exaflops"] = [cost[k].get("exaflops", math.nan) for k in keys]
-    frame["paper_core_days"] = [cost[k].get("core_days", math.nan) for k in keys]
+    for column, field in zip(PAPER_COST_COLUMNS, ("exaflops", "core_days")):
+        frame[column] = [cost[k].get(field, math.nan) for k in keys]
     return frame
 
 
