@@ -27,12 +27,15 @@ class Placement:
         return f"{name}, {'bf16 autocast' if self.dtype else 'fp32'}{', compiled' if self.compile else ''}"
 
 
-def place(device: str = "auto", precision: str = "auto", compile: bool = False, threads: int | None = None) -> Placement:
+def place(device: str = "auto", precision: str = "auto", compile: bool = False, threads: int | None = None, index: int | None = None) -> Placement:
+    """index: this rank's GPU under torchrun (LOCAL_RANK); it overrides the device's own index."""
     if threads:
         torch.set_num_threads(threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
+    if dev.type == "cuda" and index is not None:
+        dev = torch.device("cuda", index)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"run.device = {device!r}, but no CUDA device is available here; use run.device = \"auto\"")
     # bf16 pays off on tensor cores; on CPU it is slower than fp32 for these sizes.
