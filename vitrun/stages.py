@@ -87,7 +87,7 @@ def pretrain(stage: Stage, ctx: Context) -> dict[str, Any]:
     if p["objective"] == "masked-patch":
         return _masked_patch(stage, ctx, ds, train_set)
     model = _initial_model(cfg, ds.num_classes).to(ctx.placement.device)
-    optimizer = _pretrain_optimizer(model, p)
+    optimizer = _pretrain_optimizer(model, p, ctx.placement.fused)
     loss_fn = _sigmoid_xent if p.get("loss") == "sigmoid" else F.cross_entropy
     summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, train_set, p), supervised(loss_fn), p)
     if ctx.world.is_main():  # rank 0 owns the store
@@ -106,7 +106,7 @@ def _masked_patch(stage: Stage, ctx: Context, ds: data.Dataset, train_set) -> di
     weights (with a placeholder one-class head, as `_initial_weights`) go to the transfer stages."""
     cfg, p = stage.config, stage.config["pretrain"]
     model = masked_patch.MaskedPatchModel(_initial_model(cfg, num_classes=1), p["mask_target"]).to(ctx.placement.device)
-    optimizer = _pretrain_optimizer(model, p)
+    optimizer = _pretrain_optimizer(model, p, ctx.placement.fused)
     num_patches = model.vit.grid[0] * model.vit.grid[1]
     split = _split(ctx, p)
     whole = split.world == 1 and split.accumulation == 1
@@ -131,9 +131,10 @@ def _masked_patch(stage: Stage, ctx: Context, ds: data.Dataset, train_set) -> di
     return {**summary, "accuracy": None, **scores, "num_classes": 1, "train_images": len(train_set), "images_seen": p["steps"] * p["batch_size"]}
 
 
-def _pretrain_optimizer(model: nn.Module, p: dict[str, Any]) -> torch.optim.Optimizer:
-    """Adam with decoupled weight decay on kernels only (Table 3), for either objective."""
-    return torch.optim.AdamW(decay_groups(model, p["weight_decay"]), lr=p["lr"], betas=tuple(p["betas"]))
+def _pretrain_optimizer(model: nn.Module, p: dict[str, Any], fused: bool = False) -> torch.optim.Optimizer:
+    """Adam with decoupled weight decay on kernels only (Table 3), for either objective;
+    `fused`: one kernel per update on CUDA (same arithmetic, within fp32 rounding)."""
+    return torch.optim.AdamW(decay_groups(model, p["weight_decay"]), lr=p["lr"], betas=tuple(p["betas"]), fused=fused or None)
 
 
 def _initial_weights(stage: Stage, ctx: Context) -> dict[str, Any]:
@@ -223,7 +224,7 @@ def _finetuned(stage: Stage, ctx: Context, images, num_classes: int, lr: float) 
     model.reset_head(num_classes)
     model.set_image_size(f["image_size"], mode=f["pos_embed_resample"])
     model.to(ctx.placement.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=f["momentum"], weight_decay=0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=f["momentum"], weight_decay=0.0, fused=ctx.placement.fused or None)
     section = {**f, "schedule": "cosine", "crop": t.get("crop") or _default_finetune_crop(t["data"])}
     summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, images, section), supervised(F.cross_entropy), section)
     return model, summary

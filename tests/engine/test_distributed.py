@@ -143,3 +143,42 @@ def test_failure_on_one_rank_stops_every_rank(two_ranks):
     ranks = {rank: two_ranks[1]["failing", rank] for rank in (0, 1)}
     assert ranks[1][:3] == ("raised", "ValueError", "bad data on rank 1")
     assert ranks[0][:2] == ("raised", "PeerFailed")  # told at the step's meeting point, no hang
+
+
+# -- resume: on other software warns; checkpoints by step, the last N kept ------------------------
+
+def test_resume_on_other_software_warns_and_keeps_the_last_checkpoints(tmp_path):
+    from vitrun.engine import Interrupted, checkpoint
+
+    model = _model()
+    optimizer = torch.optim.AdamW(decay_groups(model, 0.1), lr=0.05)
+    settings = LoopSettings(steps=STEPS, warmup_steps=2, schedule="linear", grad_clip=1.0, log_every=4, checkpoint_seconds=1e9, checkpoint_steps=2, keep_checkpoints=2)
+    sd = StageDir(tmp_path)
+
+    def stop_at_5(step, loss):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        train(model, optimizer, _global_batch, supervised(F.cross_entropy), settings, place("cpu"), sd, seed=0, on_step=stop_at_5)
+    # steps 2 and 4 by cadence, 5 at the interruption: the last two kept beside checkpoint.pt
+    assert [p.name for p in checkpoint.history(sd.checkpoint_file)] == ["checkpoint-000000004.pt", "checkpoint-000000005.pt"]
+    state = torch.load(sd.checkpoint_file, weights_only=True)
+    assert state["step"] == 5 and state["loop"]["env"]["torch"] == torch.__version__
+    state["loop"]["env"]["torch"] = "0.0.1"  # as if the stage had started on another torch
+    torch.save(state, sd.checkpoint_file)
+    notices = []
+    train(_model(), torch.optim.AdamW(decay_groups(_model(), 0.1), lr=0.05), _global_batch, supervised(F.cross_entropy), settings, place("cpu"), sd, seed=0, on_notice=notices.append)
+    assert len(notices) == 1 and f"torch {torch.__version__} (started on 0.0.1)" in notices[0] and "step 5" in notices[0]
+
+
+def test_channels_last_only_for_convnets():
+    from vitrun.engine.device import Placement, is_convnet
+
+    resnet_like = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3))
+    vit_like = nn.Sequential(nn.Conv2d(3, 4, 4, stride=4), nn.Flatten())
+    assert is_convnet(resnet_like) and not is_convnet(vit_like)
+    cpu = Placement(torch.device("cpu"), None, False)
+    assert not cpu.prepare(resnet_like) and not cpu.fused  # CPU keeps the plain paths
+    x = cpu.images(torch.zeros(2, 3, 8, 8), channels_last=True)
+    assert x.is_contiguous(memory_format=torch.channels_last)

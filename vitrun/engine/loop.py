@@ -104,8 +104,16 @@ def train(
         checkpoint.restore(stage_dir.checkpoint_file, model, optimizer, set_aside=False)
     if start == 0:
         torch.manual_seed(seed)
+    # What started the stage travels in its checkpoints: a resume on other software or hardware
+    # still runs (the user may have no choice), but says so, since the numbers may move.
+    started_with = kept.get("env") or environment(placement)
+    if start and main and on_notice:
+        drift = describe_drift(started_with, environment(placement))
+        if drift:
+            on_notice(f"{stage_dir.path.name}: resumed at step {start} on {drift}; results may differ slightly from an uninterrupted run")
     if main:
         _truncate_log(stage_dir, start)
+    channels_last = placement.prepare(model)
     wrapped = _data_parallel(model, placement, world, settings.find_unused_parameters)
     step_fn = torch.compile(wrapped) if placement.compile else wrapped
     model.train()
@@ -124,7 +132,7 @@ def train(
 
     def save(at: int) -> None:
         if main:
-            checkpoint.save(stage_dir.checkpoint_file, model, optimizer, at, {"loss_sum": float(loss_sum), "loss_count": loss_count, "last_loss": last_loss}, settings.keep_checkpoints)
+            checkpoint.save(stage_dir.checkpoint_file, model, optimizer, at, {"loss_sum": float(loss_sum), "loss_count": loss_count, "last_loss": last_loss, "env": started_with}, settings.keep_checkpoints)
 
     def check_finite() -> None:
         """Raise Diverged on every rank alike (a meeting point: every rank calls it at one step)."""
@@ -144,7 +152,7 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 # Rank 0's clock decides checkpoints; the ranks agree on it with the step's other news.
                 want_save = main and step + 1 < settings.steps and _checkpoint_due(step + 1, last_save, settings)
-                step_loss, state, save_now = _forward_backward(step_fn, wrapped, objective, batch_at, step, settings.accumulation, placement, world, stop, want_save)
+                step_loss, state, save_now = _forward_backward(step_fn, wrapped, objective, batch_at, step, settings.accumulation, placement, world, stop, want_save, channels_last)
                 grad_norm = nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip or math.inf)
                 optimizer.step()
                 newly_bad = (first_bad < 0) & ~(torch.isfinite(step_loss) & torch.isfinite(grad_norm))
@@ -180,7 +188,7 @@ def train(
     return {"final_loss": last_loss, "steps": settings.steps}
 
 
-def _forward_backward(step_fn, wrapped, objective, batch_at, step: int, accumulation: int, placement: Placement, world: World, stop, want_save: bool) -> tuple[torch.Tensor, int, bool]:
+def _forward_backward(step_fn, wrapped, objective, batch_at, step: int, accumulation: int, placement: Placement, world: World, stop, want_save: bool, channels_last: bool = False) -> tuple[torch.Tensor, int, bool]:
     """Gradients of one step, summed over its micro-steps: (this rank's mean loss as a float64
     device tensor, the ranks' agreed state: OK or STOP, whether to checkpoint after the step).
 
@@ -194,7 +202,7 @@ def _forward_backward(step_fn, wrapped, objective, batch_at, step: int, accumula
         micro = _cut(count, accumulation)
         total = torch.zeros((), dtype=torch.float64, device=placement.device)
         for i, (a, b) in enumerate(micro):
-            x = images[a:b].to(placement.device, non_blocking=True)
+            x = placement.images(images[a:b], channels_last)
             y = _take(labels, a, b, placement.device)
             last = i == len(micro) - 1
             with contextlib.ExitStack() as sync:
@@ -213,6 +221,20 @@ def _forward_backward(step_fn, wrapped, objective, batch_at, step: int, accumula
     state, save = world.check(distributed.STOP if stop.requested else distributed.OK, want_save)
     loss.backward()
     return total, state, save
+
+
+def environment(placement: Placement) -> dict[str, str]:
+    """What a stage's numbers depend on besides its config: software versions and device kind."""
+    from vitrun import __version__
+
+    cuda = torch.version.cuda or "none"
+    kind = torch.cuda.get_device_name(placement.device) if placement.device.type == "cuda" else "cpu"
+    return {"vitrun": str(__version__), "torch": str(torch.__version__), "cuda": str(cuda), "device": str(kind)}  # plain str: weights_only loads
+
+
+def describe_drift(before: dict[str, str], now: dict[str, str]) -> str:
+    """'torch 2.3.0 (started on 2.2.1), …' for each entry that changed; '' when none did."""
+    return ", ".join(f"{key} {now.get(key)} (started on {before[key]})" for key in sorted(before) if now.get(key) != before[key])
 
 
 def _cut(count: int, pieces: int) -> list[tuple[int, int]]:
