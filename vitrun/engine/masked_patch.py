@@ -230,7 +230,7 @@ def objective(model: MaskedPatchModel, images: torch.Tensor, plan: torch.Tensor 
     inner = getattr(model, "_orig_mod", model)
     inner = getattr(inner, "module", inner)  # DistributedDataParallel
     plan, sources = plan if isinstance(plan, (tuple, list)) else (plan, None)
-    predictions = model(images, plan, sources)
+    predictions = model(images, plan) if sources is None else model(images, plan, sources)
     targets = patch_targets(images, inner.patch, plan[..., 0], inner.target)
     return _loss(predictions, targets, inner.target, reduction="mean")
 
