@@ -63,11 +63,10 @@ def test_dry_run_prints_the_batch_split(tmp_path):
 def test_a_batch_that_does_not_split_is_a_usage_error(tmp_path):
     recipe = tmp_path / "ddp.toml"
     recipe.write_text(RECIPE)
-    proc = subprocess.run([sys.executable, "-m", "vitrun.cli", "recipe", str(recipe), "--results", str(tmp_path / "r"), "--nproc-per-node", "3"],
-                          capture_output=True, text=True, env=_env())
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "pretrain.batch_size = 16 does not split over 3 processes" in lines[0], proc.stderr
+    result = _invoke("recipe", str(recipe), "--results", str(tmp_path / "r"), "--nproc-per-node", "3")  # checked before torchrun starts
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "pretrain.batch_size = 16 does not split over 3 processes" in lines[0], result.output
     assert not (tmp_path / "r").exists()
 
 
@@ -151,3 +150,45 @@ def test_a_failure_on_rank_1_stops_both_ranks_with_one_message(tmp_path):
     [error_log] = results.glob("ddp/pretrain-*/error.log")
     assert "broken on rank 1" in error_log.read_text() and "Traceback" in error_log.read_text()
     assert _records(results)["pretrain"]["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_a_stage_locked_by_another_runner_is_taken_up_at_the_end(tmp_path, monkeypatch):
+    import threading
+
+    from vitrun import lock, runner
+    from vitrun.plan import plan
+    from vitrun.recipe import load
+
+    recipe = tmp_path / "ddp.toml"
+    recipe.write_text(RECIPE.replace("steps = 12", "steps = 2"))
+    results = tmp_path / "r"
+    finetune = next(s for s in plan(load(str(recipe)).variants) if s.kind == "finetune")
+    held, release = threading.Event(), threading.Event()
+
+    def other_runner():  # flock conflicts between two open files even in one process
+        with lock.hold(results / "ddp" / finetune.key / ".lock"):
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=other_runner)
+    thread.start()
+    held.wait(10)
+    real_run_one = runner._run_one
+
+    def run_one(stage, *args):
+        if stage.kind == "fewshot":  # the other runner lets go (having run nothing) meanwhile
+            release.set()
+        return real_run_one(stage, *args)
+
+    monkeypatch.setattr(runner, "_run_one", run_one)
+    try:
+        result = _invoke("recipe", str(recipe), "--results", str(results))
+    finally:
+        release.set()
+        thread.join()
+    assert result.exit_code == 0, result.output
+    assert "on to the next stage, back to it at the end" in result.output
+    records = _records(results)
+    assert records["finetune"]["status"] == "done"
+    assert records["fewshot"]["finished_at"] <= records["finetune"]["finished_at"]  # fewshot did not wait for it

@@ -90,9 +90,10 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
     except RecipeError as err:
         _fail(str(err))
     stages = planning.plan(loaded.variants)
-    if shard:
-        stages = planning.shard(stages, *shard)
     store = Store(results)
+    if shard:
+        done = {stage.key for stage in stages if store.stage(loaded.name, stage.key).status() == "done"}
+        stages = planning.shard(stages, *shard, done=done)
     console = _console()
     world_size = nproc or distributed.env_world_size()
     splits = _batch_splits(stages, world_size, loaded.variants[0].run.micro_batch)
