@@ -71,15 +71,20 @@ def _global_batch(step):
     return x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
 
 
-def _train(root, world: World, accumulation: int, fail_at: int | None = None):
-    """Train the tiny model on this rank's slice of each global batch; rank 0's weights."""
+def _train(root, world: World, accumulation: int, fail_at: int | None = None, nan_at: int | None = None):
+    """Train the tiny model on this rank's slice of each global batch; rank 0's weights.
+    The last rank raises at step `fail_at`, or sees a NaN input at step `nan_at`."""
     per_rank = GLOBAL_BATCH // world.size
 
     def batch_at(step):
-        if fail_at is not None and step == fail_at and world.rank == world.size - 1:
+        last = world.rank == world.size - 1
+        if step == fail_at and last:
             raise ValueError(f"bad data on rank {world.rank}")
         x, y = _global_batch(step)
-        return x[world.rank * per_rank : (world.rank + 1) * per_rank], y[world.rank * per_rank : (world.rank + 1) * per_rank]
+        x, y = x[world.rank * per_rank : (world.rank + 1) * per_rank], y[world.rank * per_rank : (world.rank + 1) * per_rank]
+        if step == nan_at and last:
+            x[0, 0] = float("nan")
+        return x, y
 
     model = _model()
     optimizer = torch.optim.AdamW(decay_groups(model, 0.1), lr=0.05)
@@ -99,9 +104,9 @@ def _rank_main(rank: int, world_size: int, port: int, root: str, out: dict):
     torch.set_num_threads(1)
     world = World.from_env("cpu")
     try:
-        for name, fail_at in (("clean", None), ("failing", 3)):
+        for name, fail_at, nan_at in (("clean", None, None), ("failing", 3, None), ("diverging", None, 5)):
             try:
-                out[name, rank] = ("ok", _train(f"{root}/{name}", world, 1, fail_at))
+                out[name, rank] = ("ok", _train(f"{root}/{name}", world, 1, fail_at, nan_at))
             except Exception as err:  # the test reads what each rank raised
                 out[name, rank] = ("raised", type(err).__name__, str(err), traceback.format_exc())
     finally:
@@ -143,6 +148,12 @@ def test_failure_on_one_rank_stops_every_rank(two_ranks):
     ranks = {rank: two_ranks[1]["failing", rank] for rank in (0, 1)}
     assert ranks[1][:3] == ("raised", "ValueError", "bad data on rank 1")
     assert ranks[0][:2] == ("raised", "PeerFailed")  # told at the step's meeting point, no hang
+
+
+def test_a_non_finite_loss_on_one_rank_diverges_every_rank_at_its_step(two_ranks):
+    ranks = {rank: two_ranks[1]["diverging", rank] for rank in (0, 1)}
+    for rank in (0, 1):  # read back at the log step (8), reported at the step it appeared
+        assert ranks[rank][:2] == ("raised", "Diverged") and "at step 5" in ranks[rank][2], ranks[rank]
 
 
 # -- resume: on other software warns; checkpoints by step, the last N kept ------------------------
