@@ -103,7 +103,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
             console.print(line)
         return
     if nproc and nproc > 1 and not distributed.launched():
-        os.execv(sys.executable, distributed.relaunch_argv(nproc, distributed.strip_option(sys.argv[1:], "--nproc-per-node")))
+        sys.exit(distributed.relaunch(nproc, distributed.strip_option(sys.argv[1:], "--nproc-per-node")))
     from vitrun.engine import Interrupted
     from vitrun.runner import ResultsUnwritable, print_summary, run_plan
 

@@ -179,6 +179,58 @@ def launched() -> bool:
     return env_world_size() > 1
 
 
+EXIT_FILE_ENV = "VITRUN_EXIT_FILE"
+
+
+def relaunch(nproc: int, argv: list[str]) -> int:
+    """Run `vitrun argv…` under torchrun with `nproc` processes; returns rank 0's exit status.
+
+    The ranks exit 0 and rank 0 leaves its status in a file (`exit_under_launcher`): a failed
+    stage is then the one line vitrun prints, not also torchrun's ChildFailedError report. A
+    rank that crashes outright still fails torchrun, whose status is returned then. SIGTERM
+    (a scheduler's preemption) is passed on to torchrun, which passes it to every rank.
+    """
+    import signal
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="vitrun-launch-") as folder:
+        status_file = os.path.join(folder, "exit")
+        proc = subprocess.Popen(relaunch_argv(nproc, argv), env={**os.environ, EXIT_FILE_ENV: status_file})
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+        try:
+            while True:
+                try:
+                    code = proc.wait()
+                    break
+                except KeyboardInterrupt:  # Ctrl-C reached the ranks too: wait for their checkpoints
+                    continue
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if code == 0 and os.path.isfile(status_file):
+            with open(status_file) as f:
+                return int(f.read().strip() or 0)
+        return code
+
+
+class exit_under_launcher:
+    """Around `main()`: under `relaunch`, rank 0 writes its exit status to the launcher's file
+    and every rank exits 0; anywhere else, nothing changes."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        path = os.environ.get(EXIT_FILE_ENV)
+        if kind is not SystemExit or not path or not launched():
+            return False
+        code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+        if env_rank() == 0:
+            with open(path, "w") as f:
+                f.write(str(code))
+        sys.exit(0)
+
+
 def relaunch_argv(nproc: int, argv: list[str]) -> list[str]:
     """The command that re-runs `vitrun argv…` under torchrun with `nproc` processes, this node only.
 
