@@ -142,3 +142,18 @@ def test_scratch_needs_no_steps(write_recipe):
     text = TINY.replace("[pretrain]", '[pretrain]\nobjective = "scratch"').replace("steps = 6\n", "").replace('columns = "pretrain.size"', 'columns = "data"')
     stages = _stages(write_recipe, text)
     assert {s.config["pretrain"]["steps"] for s in stages if s.kind == "pretrain"} == {0}
+
+
+def test_shards_deal_out_stages_whose_parents_are_done(write_recipe):
+    """After the pre-trainings: the transfer stages spread over every job, not one per tree."""
+    stages = _stages(write_recipe)
+    pretrains = {s.key for s in stages if s.kind == "pretrain"}
+    leaves = [s for s in stages if s.key not in pretrains]
+    parts = [shard(stages, i, 8, done=pretrains) for i in range(1, 9)]
+    dealt = [[s for s in part if s.key not in pretrains] for part in parts]
+    # 4 trees over 8 jobs: before, 4 jobs got nothing; now each job has leaves to run
+    assert all(part for part in dealt)
+    assert {s.key for part in dealt for s in part} == {s.key for s in leaves}
+    trees = [shard(stages, i, 8) for i in range(1, 9)]
+    for part, tree in zip(parts, trees):
+        assert {s.key for s in tree} <= {s.key for s in part}, "a stage never leaves its tree's shard"

@@ -5,6 +5,7 @@ Heavy imports (torch, pandas) happen inside commands, so `vitrun --help` answers
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ def _console(stderr: bool = False):
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
     from rich.markup import escape  # messages quote TOML tables such as [finetune]: not markup
 
+    if os.environ.get("RANK", "0") != "0":  # under torchrun every rank fails alike: rank 0 says why
+        sys.exit(code)
     _console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True, markup=True)
     sys.exit(code)
 
@@ -68,7 +71,8 @@ def main():
 @click.option("--shard", callback=_parse_shard, metavar="I/N", help="Run only shard I of N (1-based); independent jobs sharing --results merge with no extra step.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), envvar="VITRUN_CACHE", help="Where generated datasets are cached [env VITRUN_CACHE; default ~/.cache/vitrun].")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first stage that fails or diverges (default: go on with every stage whose parents are done, then exit 1).")
-def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast):
+@click.option("--nproc-per-node", "nproc", type=click.IntRange(1, 1024), help="Train data-parallel on N processes on this machine (one per GPU; gloo on CPU): re-runs this command under torchrun. Several nodes: start `torchrun … -m vitrun recipe` yourself (README).")
+def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast, nproc):
     """Run RECIPE (a path, or a built-in name such as `quickstart`) and print its report.
 
     The recipe's [sweep] expands into stages (pre-train → fine-tune / few-shot). Finished
@@ -76,21 +80,30 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast)
     sweep value runs only the new stages.
     """
     from vitrun import plan as planning
+    from vitrun.engine import distributed
     from vitrun.recipe import RecipeError, load
     from vitrun.store import Store
 
+    main_rank = distributed.env_rank() == 0  # under torchrun only rank 0 prints
     try:
         loaded = load(recipe, overrides)
     except RecipeError as err:
         _fail(str(err))
     stages = planning.plan(loaded.variants)
-    if shard:
-        stages = planning.shard(stages, *shard)
     store = Store(results)
+    if shard:
+        done = {stage.key for stage in stages if store.stage(loaded.name, stage.key).status() == "done"}
+        stages = planning.shard(stages, *shard, done=done)
     console = _console()
+    world_size = nproc or distributed.env_world_size()
+    splits = _batch_splits(stages, world_size, loaded.variants[0].run.micro_batch)
     if dry_run:
         console.print(_plan_table(loaded.name, stages, store, loaded.swept_keys()))
+        for line in splits:
+            console.print(line)
         return
+    if nproc and nproc > 1 and not distributed.launched():
+        sys.exit(distributed.relaunch(nproc, distributed.strip_option(sys.argv[1:], "--nproc-per-node")))
     from vitrun.engine import Interrupted
     from vitrun.runner import ResultsUnwritable, print_summary, run_plan
 
@@ -105,6 +118,8 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast)
         _fail(f"interrupted: {err}", EXIT_INTERRUPTED)
     except KeyboardInterrupt:  # Ctrl-C between stages: finished stages are already saved
         _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
+    if not main_rank:  # rank 0 reports; the others only share its exit status
+        sys.exit(0 if summary.complete else EXIT_FAILED)
     if summary.ran:
         console.print(f"Ran {len(summary.ran)} stages; results in {store.root / loaded.name}")
     if loaded.variants[0].analysis:
@@ -678,6 +693,18 @@ def _first_comment(path: Path) -> str:
         if line.startswith("#") and text:
             return text
     return ""
+
+
+def _batch_splits(stages, world_size: int, micro_batch) -> list[str]:
+    """`per-device × devices × accumulation = global` per training batch; a batch that does not
+    split is a usage error (exit 2) before anything runs."""
+    from vitrun.engine.distributed import BatchSplitError
+    from vitrun.runner import check_splits
+
+    try:
+        return check_splits(stages, world_size, micro_batch)
+    except BatchSplitError as err:
+        _fail(str(err))
 
 
 def _plan_table(experiment: str, stages, store, swept=()):

@@ -55,9 +55,14 @@ def is_held(path: Path) -> bool:
     return False
 
 
+class Busy(Exception):
+    """Another live process holds the lock (`hold(wait=False)`); str() names it."""
+
+
 @contextlib.contextmanager
-def hold(path: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Hold the lock at `path`; while another process holds it, call `on_wait(who)` once and wait."""
+def hold(path: Path, on_wait: Callable[[str], None] | None = None, wait: bool = True) -> Iterator[None]:
+    """Hold the lock at `path`; while another process holds it, call `on_wait(who)` once and wait
+    (or, `wait=False`, raise Busy at once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     waited = False
     while True:
@@ -70,6 +75,8 @@ def hold(path: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[N
             if is_stale(path):
                 _take_over(path, inode)
                 continue
+            if not wait:
+                raise Busy(describe_holder(path))
             if not waited and on_wait:
                 on_wait(describe_holder(path))
             waited = True

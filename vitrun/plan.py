@@ -144,15 +144,22 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def shard(stages: list[Stage], index: int, count: int) -> list[Stage]:
+def shard(stages: list[Stage], index: int, count: int, done: frozenset[str] | set[str] = frozenset()) -> list[Stage]:
     """The stages of shard `index` of `count` (1-based).
 
     A pre-training and every stage below it go to the same shard, so shards never wait
     for each other; roots are dealt out in key order, so every job computes the same split.
+    Stages whose parents are all `done` (the 20 fine-tuning trials of a finished pre-training)
+    are also dealt out one by one, in key order, so N jobs run them N at a time. A stage can
+    then be in two shards (its tree's and its own): whichever job takes its lock first runs
+    it, the other finds it locked, moves on and later finds it finished. Jobs that start
+    while stages finish see different `done` sets; every stage still stays in its tree's shard.
     """
     root_of: dict[str, str] = {}
     for stage in stages:
         root_of[stage.key] = root_of[stage.parents[0]] if stage.parents else stage.key
     roots = sorted(set(root_of.values()))
     mine = set(roots[index - 1 :: count])
-    return [s for s in stages if root_of[s.key] in mine]
+    ready = sorted(s.key for s in stages if s.parents and s.key not in done and all(p in done for p in s.parents))
+    dealt = set(ready[index - 1 :: count])
+    return [s for s in stages if root_of[s.key] in mine or s.key in dealt]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from collections import deque
 import errno
 import os
 import platform
@@ -16,7 +17,8 @@ from typing import Any, Iterable
 from rich.console import Console
 from rich.markup import escape
 
-from vitrun import __version__
+from vitrun import __version__, lock
+from vitrun.engine import distributed
 from vitrun.plan import Stage
 from vitrun.progress import RunProgress
 from vitrun.recipe import LoadedRecipe
@@ -99,82 +101,167 @@ def _run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: 
     summary = RunSummary()
     if not stages:
         return summary  # nothing to run: nothing is written
-    status = {stage.key: store.stage(experiment, stage.key).status() for stage in stages}
-    _recheck_parent_weights(stages, status, store, experiment, console)
+    run = loaded.variants[0].run
+    world = _join(run.device) if distributed.launched() else distributed.World()
+    main = world.is_main()
+    if not main:  # rank 0 owns the store and the console; the others compute
+        console = Console(quiet=True)
+    check_splits(stages, world.size, run.micro_batch)
+    status = None
+    if main:
+        status = {stage.key: store.stage(experiment, stage.key).status() for stage in stages}
+        _recheck_parent_weights(stages, status, store, experiment, console)
+    status = world.broadcast(status)
     todo = []
     for stage in stages:
         if status[stage.key] in FINISHED:
             summary.skipped.append(stage.key)
-            if status[stage.key] == "diverged":
+            if status[stage.key] == "diverged" and main:
                 summary.diverged[stage.key] = _divergence(store.stage(experiment, stage.key))
         else:
             todo.append(stage)
     if summary.skipped:
         console.print(f"[dim]{len(summary.skipped)} of {len(stages)} stages already done (skipped): results in {store.root / experiment}[/dim]", soft_wrap=True)
-    store.write_recipe(experiment, _recipe_record(loaded, store.recipe(experiment)))
+    if main:
+        store.write_recipe(experiment, _recipe_record(loaded, store.recipe(experiment)))
     if not todo:
         return summary
 
     import torch  # heavy: only when there is work to do
 
-    from vitrun.engine import Diverged, Interrupted
     from vitrun.engine.device import place
-    from vitrun.stages import Context, run_stage, training_flops
+    from vitrun.stages import Context
 
-    run = loaded.variants[0].run
-    placement = place(run.device, run.precision, run.compile, run.threads)
-    console.print(f"Running {len(todo)} stages on {placement.describe()}")
+    placement = place(run.device, run.precision, run.compile, run.threads, index=world.local_rank if world.distributed else None)
+    ranks = f" × {world.size} processes" if world.distributed else ""
+    console.print(f"Running {len(todo)} stages on {placement.describe()}{ranks}")
     with RunProgress(console, len(todo)) as progress:
 
         def notice(message: str) -> None:
             console.print(f"[yellow]note:[/yellow] {escape(message)}", soft_wrap=True)
 
-        ctx = Context(store=store, experiment=experiment, placement=placement, run=run, cache_dir=cache_dir, on_step=progress.step, on_notice=notice)
-        for stage in todo:
-            progress.advance()
+        ctx = Context(store=store, experiment=experiment, placement=placement, run=run, cache_dir=cache_dir, on_step=progress.step, on_notice=notice, world=world)
+        queue = deque((stage, False) for stage in todo)  # (stage, wait for its lock)
+        while queue:
+            stage, wait = queue.popleft()
             sd = store.stage(experiment, stage.key)
-            blocker = next((key for key in stage.parents if store.stage(experiment, key).status() != "done"), None)
-            if blocker:
-                summary.blocked[stage.key] = blocker
-                console.print(f"[yellow]–[/yellow] {describe(stage, swept)}  skipped: parent {blocker} is {store.stage(experiment, blocker).status()}", soft_wrap=True)
-                continue
-            progress.stage(f"{stage.kind} {stage.model} · {stage.detail}", _steps(stage), int((stage.training or {}).get("batch_size", 0)))
-            with sd.lock(on_wait=lambda who: console.print(f"[yellow]waiting[/yellow] for {who}, which holds {sd.path / '.lock'}", soft_wrap=True)):
-                now = sd.status()
-                if now in FINISHED:  # another runner finished it while we waited
+            with contextlib.ExitStack() as held:
+                # Rank 0 decides what happens to the stage, under its lock; the others follow.
+                decision = _decide(stage, sd, store, experiment, held, wait, console) if main else None
+                decision = world.broadcast(decision)
+                if decision[0] == "later":  # another live runner holds it: come back at the end
+                    queue.append((stage, True))
+                    continue
+                progress.advance()
+                if decision[0] == "blocked":
+                    summary.blocked[stage.key] = decision[1]
+                    console.print(f"[yellow]–[/yellow] {describe(stage, swept)}  skipped: parent {decision[1]} is {decision[2]}", soft_wrap=True)
+                    continue
+                if decision[0] == "finished":  # another runner finished it while we waited
                     summary.skipped.append(stage.key)
                     continue
-                _prepare(sd, now, notice)
-                started = time.perf_counter()
-                try:
-                    metrics = run_stage(stage, ctx)
-                except Diverged as err:
-                    wall = time.perf_counter() - started
-                    sd.finish(_stage_record(stage, experiment, "diverged", {"accuracy": None, "diverged_at_step": err.step, "loss": str(err.loss)}, wall, 0.0, placement.describe(), torch.__version__))
-                    summary.diverged[stage.key] = _divergence(sd)
-                    console.print(f"[red]✗[/red] {describe(stage, swept)}  diverged: {escape(str(err))}", soft_wrap=True)
-                    if fail_fast:
-                        summary.stopped_early = True
-                        break
-                    continue
-                except (Interrupted, KeyboardInterrupt):
-                    raise
-                except Exception as err:  # a bug or bad data: contained to this stage and its children
-                    if isinstance(err, OSError) and results_error(err, store.root):
-                        raise
-                    _record_failure(stage, sd, experiment, err, time.perf_counter() - started, placement.describe(), summary, console, swept)
-                    if fail_fast:
-                        summary.stopped_early = True
-                        break
-                    continue
-                wall = time.perf_counter() - started
-                sd.finish(_stage_record(stage, experiment, "done", metrics, wall, training_flops(stage), placement.describe(), torch.__version__))
-                with contextlib.suppress(FileNotFoundError):
-                    sd.error_file.unlink()  # a retried stage that now succeeds
-            summary.ran.append(stage.key)
-            accuracy = "–" if metrics["accuracy"] is None else f"{metrics['accuracy']:.1%}"
-            console.print(f"[green]✓[/green] {describe(stage, swept)}  accuracy {accuracy}  [dim]{wall:.1f}s[/dim]", soft_wrap=True)
+                if main:
+                    _prepare(sd, decision[1], notice)
+                progress.stage(f"{stage.kind} {stage.model} · {stage.detail}", _steps(stage), int((stage.training or {}).get("batch_size", 0)))
+                outcome = _run_one(stage, sd, ctx, experiment, world, torch.__version__, summary, console, swept, fail_fast)
+            if outcome == "stop":
+                summary.stopped_early = True
+                break
+            if outcome == "done":
+                summary.ran.append(stage.key)
     return summary
+
+
+def _join(device: str) -> distributed.World:
+    import torch
+
+    kind = "cuda" if device == "auto" and torch.cuda.is_available() else device.split(":")[0]
+    return distributed.join("cuda" if kind == "cuda" else "cpu")
+
+
+def _decide(stage: Stage, sd: StageDir, store: Store, experiment: str, held: contextlib.ExitStack, wait: bool, console: Console) -> tuple:
+    """Rank 0's call on a stage: ("blocked", parent, its status), ("later",) when another live
+    runner holds its lock and we have not waited for it yet, ("finished",), or ("run", status)
+    with the lock now held in `held`."""
+    blocker = next((key for key in stage.parents if store.stage(experiment, key).status() != "done"), None)
+    if blocker:
+        return ("blocked", blocker, store.stage(experiment, blocker).status())
+    try:
+        held.enter_context(sd.lock(on_wait=lambda who: console.print(f"[yellow]waiting[/yellow] for {who}, which holds {sd.path / '.lock'}", soft_wrap=True), wait=wait))
+    except lock.Busy as busy:
+        console.print(f"[dim]{stage.key} is running in {busy}; on to the next stage, back to it at the end[/dim]", soft_wrap=True)
+        return ("later",)
+    now = sd.status()
+    return ("finished",) if now in FINISHED else ("run", now)
+
+
+def _run_one(stage: Stage, sd: StageDir, ctx, experiment: str, world: distributed.World, torch_version: str, summary: RunSummary, console: Console, swept, fail_fast: bool) -> str:
+    """Run one stage on every rank and record it on rank 0: "done", "failed" (or "diverged"),
+    or "stop" (--fail-fast). A rank that raises tells the others (they raise PeerFailed at
+    their next meeting point); rank 0 records the failing rank's traceback."""
+    from vitrun.engine import Diverged, Interrupted
+    from vitrun.stages import run_stage, training_flops
+
+    placement, main = ctx.placement, world.is_main()
+    parallel = _parallel_record(stage, world, ctx.run.micro_batch)
+    started = time.perf_counter()
+    failure = None
+    try:
+        metrics = run_stage(stage, ctx)
+        world.check()  # every rank finished the stage (a late failure elsewhere stops us here)
+    except Diverged as err:
+        if main:
+            sd.finish(_stage_record(stage, experiment, "diverged", {"accuracy": None, "diverged_at_step": err.step, "loss": str(err.loss)}, time.perf_counter() - started, 0.0, placement.describe(), torch_version, parallel=parallel))
+            summary.diverged[stage.key] = _divergence(sd)
+        console.print(f"[red]✗[/red] {describe(stage, swept)}  diverged: {escape(str(err))}", soft_wrap=True)
+        return "stop" if fail_fast else "diverged"
+    except (Interrupted, KeyboardInterrupt):
+        raise
+    except Exception as err:  # a bug or bad data: contained to this stage and its children
+        if isinstance(err, OSError) and results_error(err, ctx.store.root):
+            raise
+        if world.distributed and not distributed.is_agreed(err):
+            world.agree(distributed.FAILED)  # the others learn of it at their next meeting point
+        failure = None if isinstance(err, distributed.PeerFailed) else (traceback.format_exc(), _one_line(err))
+    if failure is not None or world.distributed:
+        failures = [(rank, found) for rank, found in enumerate(world.gather(failure)) if found]
+        if failures:
+            rank, (trace, line) = failures[0]
+            if world.distributed:
+                line = f"on rank {rank}: {line}"
+            if main:
+                _record_failure(stage, sd, experiment, trace, line, time.perf_counter() - started, placement.describe(), summary, console, swept, parallel)
+            return "stop" if fail_fast else "failed"
+    wall = time.perf_counter() - started
+    if main:
+        sd.finish(_stage_record(stage, experiment, "done", metrics, wall, training_flops(stage), placement.describe(), torch_version, parallel=parallel))
+        with contextlib.suppress(FileNotFoundError):
+            sd.error_file.unlink()  # a retried stage that now succeeds
+    accuracy = "–" if metrics["accuracy"] is None else f"{metrics['accuracy']:.1%}"
+    console.print(f"[green]✓[/green] {describe(stage, swept)}  accuracy {accuracy}  [dim]{wall:.1f}s[/dim]", soft_wrap=True)
+    return "done"
+
+
+def check_splits(stages: list[Stage], world: int, micro_batch: int | None) -> list[str]:
+    """Each distinct training batch as `per-device × devices × accumulation = global`; raises
+    BatchSplitError (one line naming the key and a fix) when one does not split evenly."""
+    lines = []
+    for stage in stages:
+        if not stage.training or not stage.training.get("steps"):
+            continue
+        key = f"{'pretrain' if stage.kind == 'pretrain' else 'finetune'}.batch_size"
+        line = f"{key}: {distributed.split_batch(int(stage.training['batch_size']), world, micro_batch, key).describe()}"
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def _parallel_record(stage: Stage, world: distributed.World, micro_batch: int | None) -> dict[str, int]:
+    """How the stage's global batch was split (stage.json; never part of the key)."""
+    if not stage.training or not stage.training.get("steps"):
+        return {"world_size": world.size}
+    split = distributed.split_batch(int(stage.training["batch_size"]), world.size, micro_batch)
+    return {"world_size": world.size, "accumulation": split.accumulation, "micro_batch": split.micro}
 
 
 def _prepare(sd: StageDir, status: str, notice) -> None:
@@ -207,13 +294,16 @@ def _recheck_parent_weights(stages: list[Stage], status: dict[str, str], store: 
             status[stage.key] = "todo"
 
 
-def _record_failure(stage: Stage, sd: StageDir, experiment: str, err: BaseException, wall: float, device: str, summary: RunSummary, console: Console, swept) -> None:
+def _one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}".rstrip(": ")
+
+
+def _record_failure(stage: Stage, sd: StageDir, experiment: str, trace: str, line: str, wall: float, device: str, summary: RunSummary, console: Console, swept, parallel: dict) -> None:
     """Keep the whole traceback in the stage's error.log; the record and console get one line."""
     import torch
 
-    write_atomic(sd.error_file, traceback.format_exc().encode())
-    line = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}".rstrip(": ")
-    sd.finish(_stage_record(stage, experiment, "failed", {"accuracy": None}, wall, 0.0, device, torch.__version__, error=line))
+    write_atomic(sd.error_file, trace.encode())
+    sd.finish(_stage_record(stage, experiment, "failed", {"accuracy": None}, wall, 0.0, device, torch.__version__, error=line, parallel=parallel))
     summary.failed[stage.key] = f"{line} (traceback: {sd.error_file})"
     console.print(f"[red]✗[/red] {describe(stage, swept)}  failed: {escape(line)}; traceback in {sd.error_file}", soft_wrap=True)
 
@@ -240,9 +330,10 @@ def _steps(stage: Stage) -> int:
     return int(stage.training["steps"]) if stage.training else 0
 
 
-def _stage_record(stage: Stage, experiment: str, status: str, metrics: dict[str, Any], wall: float, flops: float, device: str, torch_version: str, error: str | None = None) -> dict[str, Any]:
+def _stage_record(stage: Stage, experiment: str, status: str, metrics: dict[str, Any], wall: float, flops: float, device: str, torch_version: str, error: str | None = None, parallel: dict | None = None) -> dict[str, Any]:
     return {
         **({"error": error} if error else {}),
+        **(parallel or {}),
         "key": stage.key,
         "kind": stage.kind,
         "experiment": experiment,

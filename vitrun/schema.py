@@ -238,6 +238,10 @@ class RunConfig(Section):
     threads: Optional[Annotated[int, Field(gt=0, le=4096)]] = None
     checkpoint_seconds: PositiveFloat = 60.0
     log_every: PositiveSteps = 10
+    # Data parallelism and checkpoints at scale (engine/distributed.py, engine/loop.py):
+    micro_batch: Optional[PositiveSteps] = Field(None, description="images per device per micro-step (gradient accumulation); default: each device's whole slice of the global batch")
+    checkpoint_steps: Optional[PositiveSteps] = Field(None, description="also checkpoint every this many steps")
+    keep_checkpoints: PositiveSteps = Field(1, description="keep the last N checkpoints (checkpoint-<step>.pt) as well as the newest")
     # Loading of on-disk sources (embedded sources are in memory and use neither):
     workers: Optional[Annotated[int, Field(ge=0, le=1024)]] = Field(None, description="decoding processes; default: the cores training leaves free (GPU: all but one)")
     prefetch: int = Field(2, ge=1, le=1024, description="batches each worker prepares ahead")

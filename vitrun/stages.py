@@ -20,6 +20,7 @@ from vitrun.data.options import SPLIT_SEED, SourceOptions
 from vitrun.data.streaming import StreamImageSet
 from vitrun.engine import checkpoint, masked_patch
 from vitrun.engine.device import Placement
+from vitrun.engine.distributed import World, split_batch
 from vitrun.engine.loop import LoopSettings, decay_groups, supervised, train
 from vitrun.evals.fewshot import LinearFewshot
 from vitrun.plan import Stage
@@ -39,6 +40,7 @@ class Context:
     cache_dir: str | None = None
     on_step: Callable[[int, float], None] | None = None
     on_notice: Callable[[str], None] | None = None  # one-line reports, e.g. a checkpoint set aside
+    world: World = field(default_factory=World)  # the ranks training together (torchrun); one process by default
     _datasets: dict[tuple, data.Dataset] = field(default_factory=dict)
 
     def dataset(self, section: dict[str, Any], image_size: int, classes: int | None = None, per_class: int | None = None) -> data.Dataset:
@@ -86,11 +88,11 @@ def pretrain(stage: Stage, ctx: Context) -> dict[str, Any]:
     if p["objective"] == "masked-patch":
         return _masked_patch(stage, ctx, ds, train_set)
     model = _initial_model(cfg, ds.num_classes).to(ctx.placement.device)
-    optimizer = _pretrain_optimizer(model, p)
+    optimizer = _pretrain_optimizer(model, p, ctx.placement.fused)
     loss_fn = _sigmoid_xent if p.get("loss") == "sigmoid" else F.cross_entropy
     summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, train_set, p), supervised(loss_fn), p)
-    sd = ctx.stage_dir(stage.key)
-    checkpoint.save_weights(sd.weights_file, model)
+    if ctx.world.is_main():  # rank 0 owns the store
+        checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model)
     return {
         **summary,
         "accuracy": accuracy(model, ds.test, p["image_size"], ctx),
@@ -117,24 +119,35 @@ def _masked_patch(stage: Stage, ctx: Context, ds: data.Dataset, train_set) -> di
     weights (with a placeholder one-class head, as `_initial_weights`) go to the transfer stages."""
     cfg, p = stage.config, stage.config["pretrain"]
     model = masked_patch.MaskedPatchModel(_initial_model(cfg, num_classes=1), p["mask_target"]).to(ctx.placement.device)
-    optimizer = _pretrain_optimizer(model, p)
+    optimizer = _pretrain_optimizer(model, p, ctx.placement.fused)
     num_patches = model.vit.grid[0] * model.vit.grid[1]
-    images_at = _loader_for(stage, ctx, train_set, p)
+    split = _split(ctx, p)
+    whole = split.world == 1 and split.accumulation == 1
+    # A RANDOM replacement may come from any image of the global batch: a split run loads the
+    # whole batch and hands each slice its sources' pixels (`slice_with_sources`).
+    images_at = _loader_for(stage, ctx, train_set, p, whole_batch=True)
+    a, b = ctx.world.rank * split.per_rank, (ctx.world.rank + 1) * split.per_rank
 
     def batch_at(step: int):  # the corruption travels in the labels' place, a pure function of the step
         images, _ = images_at(step)
-        return images, masked_patch.plan_for_step(len(images), num_patches, p["mask_rate"], cfg["seed"], step)
+        plan = masked_patch.plan_for_step(len(images), num_patches, p["mask_rate"], cfg["seed"], step)
+        if whole:
+            return images, plan
+        return masked_patch.slice_with_sources(images, plan, model.patch, a, b)
 
-    summary = _train(stage, ctx, model, optimizer, batch_at, masked_patch.objective, p)
-    checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model.vit)
+    summary = _train(stage, ctx, model, optimizer, batch_at, masked_patch.objective, p, find_unused_parameters=True)
+    if ctx.world.is_main():
+        checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model.vit)
     with ctx.placement.autocast():
-        scores = masked_patch.evaluate(model, _device_batches(ds.test, p["image_size"], ctx), p["mask_rate"])
+        # not sharded: each batch's corruption is a function of its index (every rank scores all)
+        scores = masked_patch.evaluate(model, _device_batches(ds.test, p["image_size"], ctx, sharded=False), p["mask_rate"])
     return {**summary, "accuracy": None, **scores, "num_classes": 1, "train_images": _count(train_set), "images_seen": p["steps"] * p["batch_size"]}
 
 
-def _pretrain_optimizer(model: nn.Module, p: dict[str, Any]) -> torch.optim.Optimizer:
-    """Adam with decoupled weight decay on kernels only (Table 3), for either objective."""
-    return torch.optim.AdamW(decay_groups(model, p["weight_decay"]), lr=p["lr"], betas=tuple(p["betas"]))
+def _pretrain_optimizer(model: nn.Module, p: dict[str, Any], fused: bool = False) -> torch.optim.Optimizer:
+    """Adam with decoupled weight decay on kernels only (Table 3), for either objective;
+    `fused`: one kernel per update on CUDA (same arithmetic, within fp32 rounding)."""
+    return torch.optim.AdamW(decay_groups(model, p["weight_decay"]), lr=p["lr"], betas=tuple(p["betas"]), fused=fused or None)
 
 
 def _initial_weights(stage: Stage, ctx: Context) -> dict[str, Any]:
@@ -143,7 +156,8 @@ def _initial_weights(stage: Stage, ctx: Context) -> dict[str, Any]:
     The head is a placeholder (one class): fine-tuning replaces it and few-shot never reads it.
     """
     model = _initial_model(stage.config, num_classes=1)
-    checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model)
+    if ctx.world.is_main():
+        checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model)
     return {"accuracy": None, "num_classes": 1, "steps": 0, "train_images": 0, "images_seen": 0}
 
 
@@ -192,8 +206,9 @@ def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
     model, summary = _finetuned(stage, ctx, ds.train, ds.num_classes, lr)
     predicted = predictions(model, ds.test, f["image_size"], ctx)
     # kept for metrics computed later from other labels (ImageNet-ReaL: `vitrun report --real`)
-    write_atomic(ctx.stage_dir(stage.key).path / PREDICTIONS_FILE, predictions_bytes(predicted.tolist()))
-    if f.get("save_weights"):  # for `vitrun evaluate` and `vitrun export`
+    if ctx.world.is_main():
+        write_atomic(ctx.stage_dir(stage.key).path / PREDICTIONS_FILE, predictions_bytes(predicted.tolist()))
+    if f.get("save_weights") and ctx.world.is_main():  # for `vitrun evaluate` and `vitrun export`
         checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model)
     hits = (predicted == ds.test.labels).double().mean().item()
     return {**summary, **chosen, "accuracy": hits, "train_images": len(ds.train), "num_classes": ds.num_classes}
@@ -222,7 +237,7 @@ def _finetuned(stage: Stage, ctx: Context, images, num_classes: int, lr: float) 
     model.reset_head(num_classes)
     model.set_image_size(f["image_size"], mode=f["pos_embed_resample"])
     model.to(ctx.placement.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=f["momentum"], weight_decay=0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=f["momentum"], weight_decay=0.0, fused=ctx.placement.fused or None)
     section = {**f, "schedule": "cosine", "crop": t.get("crop") or _default_finetune_crop(t["data"])}
     summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, images, section), supervised(F.cross_entropy), section)
     return model, summary
@@ -315,13 +330,20 @@ def _default_finetune_crop(source: str) -> str:
     return "inception" if data.is_embedded(source) else "resize"
 
 
-def _loader_for(stage: Stage, ctx: Context, images, section: dict):
-    """`batch_at(step)` over `images` for a training section ([pretrain] or [finetune])."""
+def _loader_for(stage: Stage, ctx: Context, images, section: dict, whole_batch: bool = False):
+    """`batch_at(step)` over `images` for a training section ([pretrain] or [finetune]): this
+    rank's slice of each global batch (or, `whole_batch`, all of it)."""
     crop = section.get("crop") or "inception"
-    return loader.train_batches(images, section["image_size"], section["batch_size"], section["steps"], stage.config["seed"], crop, ctx.loader_settings())
+    part = (0, 1) if whole_batch else (ctx.world.rank, ctx.world.size)
+    return loader.train_batches(images, section["image_size"], section["batch_size"], section["steps"], stage.config["seed"], crop, ctx.loader_settings(), part)
 
 
-def _train(stage, ctx, model, optimizer, batch_at, objective, section: dict) -> dict[str, Any]:
+def _split(ctx: Context, section: dict):
+    """The section's global batch over this run's ranks and micro-steps."""
+    return split_batch(section["batch_size"], ctx.world.size, ctx.run.micro_batch)
+
+
+def _train(stage, ctx, model, optimizer, batch_at, objective, section: dict, find_unused_parameters: bool = False) -> dict[str, Any]:
     settings = LoopSettings(
         steps=section["steps"],
         warmup_steps=section["warmup_steps"],
@@ -329,8 +351,12 @@ def _train(stage, ctx, model, optimizer, batch_at, objective, section: dict) -> 
         grad_clip=section["grad_clip"],
         log_every=ctx.run.log_every,
         checkpoint_seconds=ctx.run.checkpoint_seconds,
+        checkpoint_steps=ctx.run.checkpoint_steps,
+        keep_checkpoints=ctx.run.keep_checkpoints,
+        accumulation=_split(ctx, section).accumulation,
+        find_unused_parameters=find_unused_parameters,
     )
-    return train(model, optimizer, batch_at, objective, settings, ctx.placement, ctx.stage_dir(stage.key), stage.config["seed"], ctx.on_step, ctx.on_notice)
+    return train(model, optimizer, batch_at, objective, settings, ctx.placement, ctx.stage_dir(stage.key), stage.config["seed"], ctx.on_step, ctx.on_notice, ctx.world)
 
 
 def _sigmoid_xent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -339,9 +365,21 @@ def _sigmoid_xent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1).mean()
 
 
-def _device_batches(images, image_size: int, ctx: Context):
-    for x, y in loader.eval_batches(images, image_size, EVAL_BATCH, ctx.loader_settings()):
-        yield x.to(ctx.placement.device), y
+def _device_batches(images, image_size: int, ctx: Context, sharded: bool = True):
+    """This rank's share of the evaluation batches (every `world`-th batch), or all of them, on the device."""
+    shard = (ctx.world.rank, ctx.world.size) if sharded else (0, 1)
+    for x, y in loader.eval_batches(images, image_size, EVAL_BATCH, ctx.loader_settings(), shard):
+        yield x.to(ctx.placement.device, non_blocking=True), y
+
+
+def _gathered(parts: list[torch.Tensor], ctx: Context) -> torch.Tensor:
+    """Per-batch results of every rank, back in the split's order: rank r computed batches
+    r, r + world, …, so batch i is rank i % world's (i // world)-th."""
+    local = [part.cpu() for part in parts]
+    ctx.world.check()  # a rank that failed while evaluating: stop here, not in the gather
+    ranks = ctx.world.gather(local)
+    ordered = [ranks[i % len(ranks)][i // len(ranks)] for i in range(sum(len(r) for r in ranks))]
+    return torch.cat(ordered) if ordered else torch.empty(0)
 
 
 @torch.no_grad()
@@ -350,7 +388,7 @@ def _map_batches(fn, images, image_size: int, ctx: Context) -> torch.Tensor:
     for x, _ in _device_batches(images, image_size, ctx):
         with ctx.placement.autocast():
             out.append(fn(x).float())
-    return torch.cat(out)
+    return _gathered(out, ctx).to(ctx.placement.device)
 
 
 def features(model: nn.Module, images, image_size: int, ctx: Context) -> torch.Tensor:
@@ -368,16 +406,17 @@ def predictions(model: nn.Module, images, image_size: int, ctx: Context) -> torc
     for x, _ in _device_batches(images, image_size, ctx):
         with ctx.placement.autocast():
             out.append(model(x).argmax(1))
-    return torch.cat(out).cpu()
+    return _gathered(out, ctx)
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, images, image_size: int, ctx: Context) -> float:
     """Top-1 accuracy, counted per batch on the device: memory stays one batch of logits
-    (all logits of a 50k-image, 21k-class test set would be 4 GB)."""
+    (all logits of a 50k-image, 21k-class test set would be 4 GB); summed over ranks."""
     model.eval()
     hits = torch.zeros((), dtype=torch.int64, device=ctx.placement.device)
     for x, y in _device_batches(images, image_size, ctx):
         with ctx.placement.autocast():
             hits += (model(x).argmax(1) == y.to(x.device)).sum()
-    return hits.item() / len(images)
+    ctx.world.check()
+    return ctx.world.sum(hits).item() / len(images)

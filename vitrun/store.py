@@ -216,10 +216,10 @@ class StageDir:
         return remove_orphaned_temps(self.path)
 
     @contextlib.contextmanager
-    def lock(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    def lock(self, on_wait: Callable[[str], None] | None = None, wait: bool = True) -> Iterator[None]:
         """Hold this stage's lock; another runner on the same stage waits (told who holds it),
-        then finds it done."""
-        with lock.hold(self.path / LOCK_FILE, on_wait):
+        then finds it done; `wait=False` raises lock.Busy instead of waiting."""
+        with lock.hold(self.path / LOCK_FILE, on_wait, wait):
             yield
 
 

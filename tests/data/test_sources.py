@@ -238,3 +238,29 @@ def test_eval_batches_cover_the_set_in_order(image_folder):
     ds = data.load(f"folder:{image_folder}", image_size=16)
     seen = [y for _, y in loader.eval_batches(ds.test, 16, 7, loader.LoaderSettings(workers=2))]
     assert torch.equal(torch.cat(seen), ds.test.labels)
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_rank_slices_of_a_batch_are_the_whole_batch_cut(image_folder, in_memory):
+    """Data parallelism: rank r's slice of step s is rows r·B/W … of the whole batch, each image
+    viewed as in the whole batch; evaluation shards deal batches out and lose none."""
+    ds = data.load(f"folder:{image_folder}", image_size=16)
+    images = ds.train
+    if in_memory:  # the embedded sources' path
+        from vitrun.data.imageset import ImageSet
+
+        images = ImageSet(_decoded(images), images.labels, tuple(images.classes))
+    whole = loader.train_batches(images, 16, 12, 3, seed=4, crop="inception")
+    parts = [loader.train_batches(images, 16, 12, 3, seed=4, crop="inception", part=(rank, 3)) for rank in range(3)]
+    for step in (0, 2):
+        x, y = whole(step)
+        pieces = [part(step) for part in parts]
+        assert torch.equal(torch.cat([p[0] for p in pieces]), x) and torch.equal(torch.cat([p[1] for p in pieces]), y)
+    shards = [list(loader.eval_batches(ds.test, 16, 3, shard=(rank, 2))) for rank in range(2)]
+    dealt = [shards[i % 2][i // 2][1] for i in range(len(shards[0]) + len(shards[1]))]
+    assert torch.equal(torch.cat(dealt), ds.test.labels)
+
+
+def _decoded(images) -> torch.Tensor:
+    """uint8 (N, 3, 16, 16): an on-disk set held in memory."""
+    return torch.stack([transforms.view(images.image(i), 16, "center") for i in range(len(images))])

@@ -306,3 +306,30 @@ def test_evaluate(target):
     # The objective on one batch is the mean that evaluate reports over it.
     first = objective(model, batches[0][0], plan_for_step(4, 16, 0.5, 0, 0)).item()
     assert evaluate(model, batches[:1], rate=0.5)["masked_patch_loss"] == pytest.approx(first, rel=1e-5)
+
+
+def test_slices_with_their_sources_give_the_whole_batch_gradient():
+    """Data parallel / accumulated masked-patch training: each slice carries the pixels of the
+    RANDOM sources it takes from other slices, and the slices' weighted losses add up to the
+    whole batch's loss and gradient."""
+    from vitrun.engine.masked_patch import MaskedPatchModel, objective, plan_for_step, slice_with_sources
+
+    model = MaskedPatchModel(_vit())
+    with torch.no_grad():
+        model.head.weight.normal_(std=0.02)  # zero-initialised: give the trunk a gradient too
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    plan = plan_for_step(8, model.vit.grid[0] * model.vit.grid[1], 0.5, seed=0, step=3)
+    assert (plan[..., 2] // (model.vit.grid[0] * model.vit.grid[1]) != torch.arange(8)[:, None]).any()  # some sources cross images
+    whole = objective(model, x, plan)
+    whole.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    total = 0.0
+    for a, b in ((0, 4), (4, 8)):
+        images, labels = slice_with_sources(x, plan, model.patch, a, b)
+        loss = objective(model, images, labels) * 0.5
+        loss.backward()
+        total += loss.item()
+    assert total == pytest.approx(whole.item(), abs=1e-5)
+    for name, grad in expected.items():
+        assert torch.allclose(model.get_parameter(name).grad, grad, atol=1e-5), name

@@ -25,10 +25,13 @@ def random_crop_flip(
     generator: torch.Generator,
     scale: tuple[float, float] = (0.35, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    within: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Inception-style random-resized crop plus horizontal flip, one random box per image.
 
     images_uint8: (B, 3, H, W) uint8.  Returns float32 (B, 3, out_size, out_size) in [-1, 1].
+    within: (offset, total) when these B images are rows offset..offset+B of a batch of `total`
+    (one rank's slice): each image gets the box it would get in the whole batch.
 
     Each box covers a fraction U(scale) of the image area with aspect ratio log-uniform in
     ``ratio``; half the images are mirrored. All boxes are sampled with one draw from
@@ -41,7 +44,8 @@ def random_crop_flip(
     generated at the training resolution, so crops are rarely shrunk much).
     """
     b, _, h, w = images_uint8.shape
-    u = torch.rand(b, 5, generator=generator, device=generator.device).to(images_uint8.device)
+    offset, total = within or (0, b)
+    u = torch.rand(total, 5, generator=generator, device=generator.device)[offset : offset + b].to(images_uint8.device)
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
     aspect = torch.exp(log_r)  # box width / box height, in pixels

@@ -97,37 +97,57 @@ def train_batches(
     seed: int,
     crop: str,
     settings: LoaderSettings = LoaderSettings(),
+    part: tuple[int, int] = (0, 1),
 ) -> Callable[[int], Batch]:
     """``batch_at(step)`` for the training loop: augmented batch ``step`` of ``images``.
+
+    part: (rank, world): only slice ``rank`` of ``world`` equal slices of each batch, each
+    image viewed exactly as in the whole batch (data parallelism: every rank its own slice).
 
     crop: "inception" (random area 5-100% for real images, 35-100% for embedded ones, as
     ``augment``) or "resize" (shorter side to the target, random square crop); both flip.
     """
     if isinstance(images, StreamImageSet):  # no random access: read in order, this rank's part (streaming.py)
-        return stream_batches(images, image_size, batch_size, seed, crop, settings.device, max(1, settings.workers))
+        return stream_batches(images, image_size, batch_size, seed, crop, settings.device, max(1, settings.workers), part)
     order = EpochOrder(len(images), seed)
     if isinstance(images, ImageSet):
         # A square image already at the target size: "resize" + random crop is the whole image.
         full = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0)) if crop == "resize" else {}
 
+        a, b = _slice_of(batch_size, part)
+
         def batch_at(step: int) -> Batch:
-            idx = order.batch(step, batch_size)
+            idx = order.batch(step, batch_size)[a:b]
             gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            return augment.random_crop_flip(images.images[idx], image_size, gen, **full), images.labels[idx]
+            return augment.random_crop_flip(images.images[idx], image_size, gen, within=(a, batch_size), **full), images.labels[idx]
 
         return batch_at
-    return _LoaderBatches(images, image_size, batch_size, steps, seed, crop, order, settings)
+    return _LoaderBatches(images, image_size, batch_size, steps, seed, crop, order, settings, part)
 
 
-def eval_batches(images: ImageSet | LazyImageSet, image_size: int, batch_size: int, settings: LoaderSettings = LoaderSettings()) -> Iterator[Batch]:
-    """Evaluation views (shorter side resized, centre crop) of every image, in order."""
+def _slice_of(batch_size: int, part: tuple[int, int]) -> tuple[int, int]:
+    """[start, end) of slice ``rank`` of a batch cut in ``world`` equal slices."""
+    rank, world = part
+    if batch_size % world:
+        raise ValueError(f"a batch of {batch_size} does not split into {world} equal slices")
+    size = batch_size // world
+    return rank * size, (rank + 1) * size
+
+
+def eval_batches(images: ImageSet | LazyImageSet, image_size: int, batch_size: int, settings: LoaderSettings = LoaderSettings(), shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
+    """Evaluation views (shorter side resized, centre crop) of every image, in order.
+
+    shard: (rank, world): only batches rank, rank + world, … (evaluation sharded over ranks).
+    """
+    rank, world = shard
+    starts = range(rank * batch_size, len(images), world * batch_size)
     if isinstance(images, ImageSet):
-        for start in range(0, len(images), batch_size):
+        for start in starts:
             yield augment.center(images.images[start : start + batch_size], image_size), images.labels[start : start + batch_size]
         return
     chunks = _chunks(settings, batch_size)
     pieces = []  # each batch in `chunks` pieces, spread over the workers
-    for start in range(0, len(images), batch_size):
+    for start in starts:
         keys = [(i, -1, -1) for i in range(start, min(start + batch_size, len(images)))]
         pieces += [piece for piece in _split(keys, chunks) if piece]
     parts, count = [], 0
@@ -181,8 +201,9 @@ class _StepSampler(Sampler):
     in ``chunks`` contiguous pieces, so that many workers share one step (and one worker never
     decodes a whole 4096-image batch while the others wait)."""
 
-    def __init__(self, order: EpochOrder, batch_size: int, start: int, steps: int, chunks: int):
+    def __init__(self, order: EpochOrder, batch_size: int, start: int, steps: int, chunks: int, rows: tuple[int, int] | None = None):
         self.order, self.batch_size, self.start, self.steps, self.chunks = order, batch_size, start, steps, chunks
+        self.rows = rows or (0, batch_size)  # this rank's slice of each batch
 
     def __len__(self) -> int:
         return (self.steps - self.start) * self.chunks
@@ -190,7 +211,7 @@ class _StepSampler(Sampler):
     def __iter__(self):
         for step in range(self.start, self.steps):
             keys = [(int(i), step, slot) for slot, i in enumerate(self.order.batch(step, self.batch_size))]
-            yield from _split(keys, self.chunks)
+            yield from _split(keys[self.rows[0] : self.rows[1]], self.chunks)
 
 
 def _split(keys: list, chunks: int) -> list[list]:
@@ -206,16 +227,17 @@ def _chunks(settings: LoaderSettings, batch_size: int) -> int:
 class _LoaderBatches:
     """``batch_at(step)`` over a DataLoader that runs ahead; restarted if a step is skipped."""
 
-    def __init__(self, images, image_size, batch_size, steps, seed, crop, order, settings):
+    def __init__(self, images, image_size, batch_size, steps, seed, crop, order, settings, part=(0, 1)):
         self.views = _Views(images, image_size, crop, seed, settings.decodes_on_gpu())
         self.batch_size, self.steps, self.order, self.settings = batch_size, steps, order, settings
-        self.chunks = _chunks(settings, batch_size)
+        self.rows = _slice_of(batch_size, part)
+        self.chunks = _chunks(settings, self.rows[1] - self.rows[0])
         self._iterator, self._next = None, None
 
     def __call__(self, step: int) -> Batch:
         if step != self._next:  # first call, or a jump (resume): start the sampler at `step`
-            sampler = _StepSampler(self.order, self.batch_size, step, max(self.steps, step + 1), self.chunks)
-            self._iterator = iter(_loader(self.views, sampler, self.settings, -(-self.batch_size // self.chunks)))
+            sampler = _StepSampler(self.order, self.batch_size, step, max(self.steps, step + 1), self.chunks, self.rows)
+            self._iterator = iter(_loader(self.views, sampler, self.settings, -(-(self.rows[1] - self.rows[0]) // self.chunks)))
         parts = [next(self._iterator) for _ in range(self.chunks)]
         self._next = step + 1
         return _join(parts, self.views, self.settings)

@@ -269,13 +269,8 @@ def _epochs(stream, first: int) -> Iterator[dict]:
             raise SourceError("data", "the training stream is empty (check train_split, classes and size)")
 
 
-def train_batches(images: StreamImageSet, image_size: int, batch_size: int, seed: int, crop: str, device: torch.device, threads: int) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
-    """``batch_at(step)`` for the training loop over a stream; in a torchrun job, this rank's part."""
-    rank, world = _rank_and_world()
+def train_batches(images: StreamImageSet, image_size: int, batch_size: int, seed: int, crop: str, device: torch.device, threads: int, part: tuple[int, int] = (0, 1)) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """``batch_at(step)`` for the training loop over a stream; ``part`` (rank, world): this rank's
+    part of each global batch, read from its own part of the stream."""
+    rank, world = part
     return StreamBatches(images, image_size, batch_size, seed, crop, device, threads, rank, world)
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1

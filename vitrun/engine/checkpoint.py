@@ -4,7 +4,9 @@ be gigabytes) and written atomically."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -18,9 +20,13 @@ from vitrun.durable import write_stream_atomic
 UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile)
 
 
-def save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, loop: dict[str, Any] | None = None) -> None:
+def save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, loop: dict[str, Any] | None = None, keep: int = 1) -> None:
     """`loop`: the training loop's own running values (partial loss sums), so a resumed run logs
-    exactly what an uninterrupted one logs."""
+    exactly what an uninterrupted one logs. `keep` > 1 also keeps the last `keep` checkpoints as
+    `checkpoint-<step>.pt` (hard links: no extra disk for the newest).
+
+    The RNG saved is this process's (rank 0's) CPU state and its own CUDA device's: a resume on
+    any number of devices restores it on each device present (not indexed by the old count)."""
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -29,16 +35,35 @@ def save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: i
         "loop": dict(loop or {}),
     }
     if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        state["cuda_rng"] = torch.cuda.get_rng_state()
     write_stream_atomic(path, lambda f: torch.save(state, f))
+    if keep > 1:
+        _keep_last(path, step, keep)
 
 
-def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, on_notice: Callable[[str], None] | None = None) -> tuple[int, dict[str, Any]]:
+def _keep_last(path: Path, step: int, keep: int) -> None:
+    numbered = path.with_name(f"{path.stem}-{step:09d}{path.suffix}")
+    numbered.unlink(missing_ok=True)
+    try:
+        os.link(path, numbered)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(path, numbered)
+    for old in history(path)[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def history(path: Path) -> list[Path]:
+    """The numbered checkpoints kept beside `path`, oldest first."""
+    return sorted(path.parent.glob(f"{path.stem}-[0-9]*{path.suffix}"))
+
+
+def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, on_notice: Callable[[str], None] | None = None, set_aside: bool = True) -> tuple[int, dict[str, Any]]:
     """Load a checkpoint into `model` and `optimizer`: (step to continue from, loop values).
 
     No checkpoint: (0, {}). A checkpoint that cannot be read, or that does not fit this model,
     is renamed to `checkpoint.pt.unreadable-<time>` (kept for inspection), reported through
-    `on_notice`, and the stage starts over: nothing is loaded from it.
+    `on_notice`, and the stage starts over: nothing is loaded from it. `set_aside=False` (ranks
+    other than 0, which load what rank 0 already checked) raises instead.
     """
     if not path.is_file():
         return 0, {}
@@ -47,6 +72,8 @@ def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, on_n
         _check_fits(state, model)
         optimizer.load_state_dict(state["optimizer"])
     except UNREADABLE as err:
+        if not set_aside:
+            raise
         from vitrun.store import StageDir
 
         moved = StageDir(path.parent).set_aside(path, "unreadable")
@@ -56,7 +83,7 @@ def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, on_n
     model.load_state_dict(state["model"])
     torch.set_rng_state(state["rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+        torch.cuda.set_rng_state(state["cuda_rng"])  # this rank's current device
     return int(state["step"]), dict(state.get("loop", {}))
 
 

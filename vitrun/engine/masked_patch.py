@@ -45,7 +45,7 @@ from vitrun.models.vit import VisionTransformer, zero_linear
 
 __all__ = [
     "TARGETS", "REPLACE_PROBS", "COLOR_BITS", "MASK", "RANDOM", "KEEP",
-    "corruption_plan", "plan_for_step", "corrupt", "patchify", "color_classes", "patch_targets",
+    "corruption_plan", "plan_for_step", "corrupt", "slice_with_sources", "patchify", "color_classes", "patch_targets",
     "MaskedPatchModel", "objective", "evaluate",
 ]
 
@@ -95,10 +95,12 @@ def plan_for_step(batch: int, num_patches: int, rate: float, seed: int, step: in
     return corruption_plan(batch, num_patches, rate, generator)
 
 
-def corrupt(tokens: torch.Tensor, plan: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
+def corrupt(tokens: torch.Tensor, plan: torch.Tensor, mask_token: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
     """tokens: (B, N, D), plan: (B, M, 3), mask_token: (D,) -> (B, N, D), out of place.
 
-    Differentiable in tokens and mask_token; RANDOM takes its source from the uncorrupted tokens.
+    Differentiable in tokens and mask_token; RANDOM takes its source from the uncorrupted tokens,
+    or from `other` (B, M, D) when given: the source patches' embeddings computed apart (a slice
+    of a batch whose sources lie in other slices).
     """
     B, N, D = tokens.shape
     if plan.shape[0] != B or plan.shape[-1] != 3:
@@ -106,7 +108,8 @@ def corrupt(tokens: torch.Tensor, plan: torch.Tensor, mask_token: torch.Tensor) 
     positions, kinds, sources = plan.to(tokens.device).unbind(-1)  # each (B, M)
     at = positions[..., None].expand(-1, -1, D)  # (B, M, D)
     kept = tokens.gather(1, at)  # (B, M, D)
-    other = tokens.reshape(B * N, D)[sources]  # (B, M, D)
+    if other is None:
+        other = tokens.reshape(B * N, D)[sources]  # (B, M, D)
     mask = mask_token.to(tokens.dtype).expand_as(kept)  # (B, M, D); autocast may give bf16 tokens
     kinds = kinds[..., None]  # (B, M, 1)
     replaced = torch.where(kinds == MASK, mask, torch.where(kinds == RANDOM, other, kept))  # (B, M, D)
@@ -114,6 +117,20 @@ def corrupt(tokens: torch.Tensor, plan: torch.Tensor, mask_token: torch.Tensor) 
 
 
 # -- targets ------------------------------------------------------------------------------
+
+def slice_with_sources(images: torch.Tensor, plan: torch.Tensor, patch: int, a: int, b: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Rows a:b of a batch for one rank or micro-step, with what their corruption needs from the
+    rest of the batch: (images (b-a, 3, H, W), (plan (b-a, M, 3), source pixels (b-a, M, 3, P, P))).
+
+    A RANDOM replacement is another patch of the whole batch; its pixels travel with the slice,
+    and since a plain ViT embeds each patch on its own, embedding them apart gives the same
+    tokens (and gradients) as the whole batch did.
+    """
+    B, M = plan.shape[0], plan.shape[1]
+    flat = patchify(images, patch).flatten(0, 1)  # (B·N, 3, P, P)
+    sources = flat[plan[a:b, :, 2].reshape(-1)].reshape(b - a, M, 3, patch, patch)  # (b-a, M, 3, P, P)
+    return images[a:b], (plan[a:b], sources)
+
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     """images: (B, 3, H, W) -> (B, gh*gw, 3, P, P), patches in row-major order (the token order)."""
@@ -181,13 +198,18 @@ class MaskedPatchModel(nn.Module):
         out = {"mean-color": COLOR_CLASSES, "4x4-color": CELLS * CELLS * COLOR_CLASSES, "l2-pixels": 3 * spec.patch**2}
         self.head = zero_linear(spec.width, out[target], like=like)
 
-    def forward(self, images: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
-        """images: (B, 3, H, W), plan: (B, M, 3) ->
+    def forward(self, images: torch.Tensor, plan: torch.Tensor, sources: torch.Tensor | None = None) -> torch.Tensor:
+        """images: (B, 3, H, W), plan: (B, M, 3), sources: None or the RANDOM sources' pixels
+        (B, M, 3, P, P) (`slice_with_sources`) ->
 
         (B, M, 512) "mean-color" · (B, M, 16, 512) "4x4-color" · (B, M, 3·P·P) "l2-pixels".
         """
         plan = plan.to(images.device)
-        tokens = self.vit.forward_features(images, corrupt=lambda t: corrupt(t, plan, self.mask_token))  # (B, prefix + N, D)
+        other = None
+        if sources is not None:
+            B, M = plan.shape[0], plan.shape[1]
+            other = self.vit.patch_embed(sources.flatten(0, 1)).reshape(B, M, -1)  # (B·M, D, 1, 1) -> (B, M, D)
+        tokens = self.vit.forward_features(images, corrupt=lambda t: corrupt(t, plan, self.mask_token, other))  # (B, prefix + N, D)
         # A GAP model with fc_norm has its final LayerNorm after pooling: apply it per token here
         # (an identity for every other model), so the head always reads normalised tokens.
         tokens = self.vit.fc_norm(tokens)
@@ -199,13 +221,16 @@ class MaskedPatchModel(nn.Module):
         return out
 
 
-def objective(model: MaskedPatchModel, images: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
-    """The training loss (a scalar) on images (B, 3, H, W) in [-1, 1] corrupted by plan (B, M, 3).
+def objective(model: MaskedPatchModel, images: torch.Tensor, plan: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The training loss (a scalar) on images (B, 3, H, W) in [-1, 1] corrupted by plan (B, M, 3),
+    or by (plan, source pixels) for a slice of a batch (`slice_with_sources`).
 
-    `model` may be a torch.compile wrapper: the target and patch size come from the module inside.
+    `model` may be a torch.compile or DDP wrapper: the target and patch size come from the module inside.
     """
     inner = getattr(model, "_orig_mod", model)
-    predictions = model(images, plan)
+    inner = getattr(inner, "module", inner)  # DistributedDataParallel
+    plan, sources = plan if isinstance(plan, (tuple, list)) else (plan, None)
+    predictions = model(images, plan) if sources is None else model(images, plan, sources)
     targets = patch_targets(images, inner.patch, plan[..., 0], inner.target)
     return _loss(predictions, targets, inner.target, reduction="mean")
 
