@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -19,10 +20,12 @@ from vitrun.data import loader, sampling, sources
 from vitrun.data.options import SPLIT_SEED, SourceOptions
 from vitrun.engine import checkpoint, masked_patch
 from vitrun.engine.device import Placement
+from vitrun.engine.extras import StageExtras
 from vitrun.engine.loop import LoopSettings, decay_groups, supervised, train
 from vitrun.evals.fewshot import LinearFewshot
+from vitrun.models.vit import set_regularisation
 from vitrun.plan import Stage
-from vitrun.schema import RunConfig
+from vitrun.schema import RunConfig, TrainingFields
 from vitrun.paper.real import PREDICTIONS_FILE, predictions_bytes
 from vitrun.store import StageDir, Store, write_atomic
 
@@ -84,10 +87,14 @@ def pretrain(stage: Stage, ctx: Context) -> dict[str, Any]:
     train_set = ds.train.subset(sampling.balanced_subset(ds.train.labels, p["size"], cfg["seed"])) if p["size"] else ds.train
     if p["objective"] == "masked-patch":
         return _masked_patch(stage, ctx, ds, train_set)
+    held_out = None
+    if _training(p).eval_every:  # early stopping scores a held-out share of train, never test
+        _, (train_set, held_out) = _dev_split(p, train_set)
     model = _initial_model(cfg, ds.num_classes).to(ctx.placement.device)
     optimizer = _pretrain_optimizer(model, p)
-    loss_fn = _sigmoid_xent if p.get("loss") == "sigmoid" else F.cross_entropy
-    summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, train_set, p), supervised(loss_fn), p)
+    smoothing = _training(p).label_smoothing
+    loss_fn = partial(_sigmoid_xent, smoothing=smoothing) if p.get("loss") == "sigmoid" else partial(F.cross_entropy, label_smoothing=smoothing)
+    summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, train_set, p), supervised(loss_fn), p, held_out)
     sd = ctx.stage_dir(stage.key)
     checkpoint.save_weights(sd.weights_file, model)
     return {
@@ -155,7 +162,8 @@ def finetune_dev(stage: Stage, ctx: Context) -> dict[str, Any]:
     f, t = stage.config["finetune"], stage.config["transfer"]
     ds = ctx.dataset(t, f["image_size"], t["classes"], t["per_class"])
     fraction, (train_part, dev_part) = _dev_split(t, ds.train)
-    model, summary = _finetuned(stage, ctx, train_part, ds.num_classes, f["lr"])
+    held_out = dev_part if _training(f).eval_every else None
+    model, summary = _finetuned(stage, ctx, train_part, ds.num_classes, f["lr"], held_out)
     return {**summary, "accuracy": accuracy(model, dev_part, f["image_size"], ctx), "lr": f["lr"], "dev_fraction": fraction, "train_images": len(train_part), "dev_images": len(dev_part)}
 
 
@@ -176,14 +184,17 @@ def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
             chosen["dev_warning"] = warning
             if ctx.on_notice:
                 ctx.on_notice(f"{stage.data}: {warning}")
-    model, summary = _finetuned(stage, ctx, ds.train, ds.num_classes, lr)
+    train_images, held_out = ds.train, None
+    if _training(f).eval_every:  # early stopping on the dev share: it is held out of training
+        _, (train_images, held_out) = _dev_split(t, ds.train)
+    model, summary = _finetuned(stage, ctx, train_images, ds.num_classes, lr, held_out)
     predicted = predictions(model, ds.test, f["image_size"], ctx)
     # kept for metrics computed later from other labels (ImageNet-ReaL: `vitrun report --real`)
     write_atomic(ctx.stage_dir(stage.key).path / PREDICTIONS_FILE, predictions_bytes(predicted.tolist()))
     if f.get("save_weights"):  # for `vitrun evaluate` and `vitrun export`
         checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model)
     hits = (predicted == ds.test.labels).double().mean().item()
-    return {**summary, **chosen, "accuracy": hits, "train_images": len(ds.train), "num_classes": ds.num_classes}
+    return {**summary, **chosen, "accuracy": hits, "train_images": len(train_images), "num_classes": ds.num_classes}
 
 
 MIN_DEV_IMAGES = 50  # below this a dev split's accuracies move in steps of 2% or more
@@ -201,7 +212,8 @@ def _dev_warning(dev: dict[str, float], images: int, chosen: float) -> str | Non
     return None
 
 
-def _finetuned(stage: Stage, ctx: Context, images, num_classes: int, lr: float) -> tuple[nn.Module, dict[str, Any]]:
+def _finetuned(stage: Stage, ctx: Context, images, num_classes: int, lr: float, held_out=None) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune the parent's weights on `images`; `held_out` (the dev share) when `eval_every` scores it."""
     f, t = stage.config["finetune"], stage.config["transfer"]
     model = _pretrained(stage, ctx)
     # Fine-tuning protocol (App. B.1.1): the whole pre-training head goes, a zero-initialised
@@ -211,7 +223,8 @@ def _finetuned(stage: Stage, ctx: Context, images, num_classes: int, lr: float) 
     model.to(ctx.placement.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=f["momentum"], weight_decay=0.0)
     section = {**f, "schedule": "cosine", "crop": t.get("crop") or _default_finetune_crop(t["data"])}
-    summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, images, section), supervised(F.cross_entropy), section)
+    loss_fn = partial(F.cross_entropy, label_smoothing=_training(f).label_smoothing)
+    summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, images, section), supervised(loss_fn), section, held_out)
     return model, summary
 
 
@@ -308,7 +321,22 @@ def _loader_for(stage: Stage, ctx: Context, images, section: dict):
     return loader.train_batches(images, section["image_size"], section["batch_size"], section["steps"], stage.config["seed"], crop, ctx.loader_settings())
 
 
-def _train(stage, ctx, model, optimizer, batch_at, objective, section: dict) -> dict[str, Any]:
+def _training(section: dict[str, Any]) -> TrainingFields:
+    """The typed training options of a stage config's [pretrain] or [finetune] table (keys
+    left at their default are absent from stage configs: the type fills them in)."""
+    return TrainingFields.model_validate({k: v for k, v in section.items() if k in TrainingFields.model_fields}, strict=False)
+
+
+def _train(stage, ctx, model, optimizer, batch_at, objective, section: dict, held_out=None) -> dict[str, Any]:
+    """Train `model` as `section` says; afterwards it holds the weights the stage keeps (the
+    best evaluated step, else the Polyak average, else the last step)."""
+    options = _training(section)
+    set_regularisation(model, options.dropout, options.drop_path)
+    evaluate = None
+    if held_out is not None:
+        evaluate = partial(accuracy, images=held_out, image_size=section["image_size"], ctx=ctx)
+    board = ctx.stage_dir(stage.key).path / "tensorboard" if ctx.run.tensorboard else None
+    extras = StageExtras(model, section["steps"], section["batch_size"], options.ema, options.eval_every, options.keep, evaluate, board)
     settings = LoopSettings(
         steps=section["steps"],
         warmup_steps=section["warmup_steps"],
@@ -317,12 +345,18 @@ def _train(stage, ctx, model, optimizer, batch_at, objective, section: dict) -> 
         log_every=ctx.run.log_every,
         checkpoint_seconds=ctx.run.checkpoint_seconds,
     )
-    return train(model, optimizer, batch_at, objective, settings, ctx.placement, ctx.stage_dir(stage.key), stage.config["seed"], ctx.on_step, ctx.on_notice)
+    summary = train(model, optimizer, batch_at, objective, settings, ctx.placement, ctx.stage_dir(stage.key), stage.config["seed"], ctx.on_step, ctx.on_notice, extras.loop)
+    return {**summary, **extras.finish(model)}
 
 
-def _sigmoid_xent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """big_vision's sigmoid cross-entropy: per-class binary losses, summed over classes."""
+def _sigmoid_xent(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """big_vision's sigmoid cross-entropy: per-class binary losses, summed over classes.
+
+    logits: (B, K), labels: (B,). Label smoothing as for softmax: targets (1 − ε)·onehot + ε/K.
+    """
     targets = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+    if smoothing:
+        targets = targets * (1.0 - smoothing) + smoothing / logits.shape[-1]
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1).mean()
 
 

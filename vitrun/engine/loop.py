@@ -11,7 +11,7 @@ import math
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -22,6 +22,16 @@ from vitrun.engine.schedules import warmup_then_decay
 from vitrun.store import StageDir, read_metrics, write_atomic
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Extra(Protocol):
+    """Something that rides along the loop (vitrun/engine/ema.py, early_stop.py, tblog.py):
+    its state travels in the checkpoint, so a resumed run is bit-identical."""
+
+    def after_step(self, step: int, model: nn.Module) -> None: ...  # after every optimiser step
+    def on_log(self, row: dict) -> None: ...  # every metrics.jsonl row
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ def train(
     seed: int,
     on_step: Callable[[int, float], None] | None = None,
     on_notice: Callable[[str], None] | None = None,
+    extras: Sequence[Extra] = (),
 ) -> dict[str, float]:
     """Train `model` in place for `settings.steps` steps; returns summary metrics.
 
@@ -79,6 +90,8 @@ def train(
     #    an unreadable one is set aside and reported (then as 2);
     # 2. otherwise the weights already in `model` (the caller's init: parent stage or scratch).
     start, kept = checkpoint.restore(stage_dir.checkpoint_file, model, optimizer, on_notice)
+    for extra, state in zip(extras, kept.get("extras", ())):
+        extra.load_state_dict(state)
     if start == 0:
         torch.manual_seed(seed)
     _truncate_log(stage_dir, start)
@@ -90,7 +103,7 @@ def train(
     loss_sum, loss_count, last_loss = kept.get("loss_sum", 0.0), kept.get("loss_count", 0), kept.get("last_loss", float("nan"))
 
     def save(at: int) -> None:
-        checkpoint.save(stage_dir.checkpoint_file, model, optimizer, at, {"loss_sum": loss_sum, "loss_count": loss_count, "last_loss": last_loss})
+        checkpoint.save(stage_dir.checkpoint_file, model, optimizer, at, {"loss_sum": loss_sum, "loss_count": loss_count, "last_loss": last_loss, "extras": [e.state_dict() for e in extras]})
 
     step, at_boundary = start, True
     with _StopRequests() as stop:
@@ -112,11 +125,16 @@ def train(
                 grad_norm = nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip or math.inf)
                 optimizer.step()
                 step += 1
+                for extra in extras:
+                    extra.after_step(step, model)
                 at_boundary = True
                 last_loss = loss.item()
                 loss_sum, loss_count = loss_sum + last_loss, loss_count + 1
                 if step % settings.log_every == 0 or step == settings.steps:
-                    _log(stage_dir, {"step": step, "loss": loss_sum / loss_count, "lr": base_lrs[0] * scale, "grad_norm": float(grad_norm)})
+                    row = {"step": step, "loss": loss_sum / loss_count, "lr": base_lrs[0] * scale, "grad_norm": float(grad_norm)}
+                    _log(stage_dir, row)
+                    for extra in extras:
+                        extra.on_log(row)
                     loss_sum, loss_count = 0.0, 0
                 if on_step:
                     on_step(step, last_loss)
