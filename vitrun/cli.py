@@ -686,7 +686,7 @@ def _plan_table(experiment: str, stages, store, swept=()):
     from vitrun.stages import training_flops
 
     table = Table(title=f"Plan for {experiment}: {len(stages)} stages", title_justify="left", header_style="bold")
-    columns = [("kind", "left"), ("model", "left"), ("data", "left"), ("size", "right"), ("status", "left"), ("est. FLOPs", "right"), ("key", "left")]
+    columns = [("kind", "left"), ("model", "left"), ("data", "left"), ("size", "right"), ("steps×batch@px", "right"), ("status", "left"), ("est. FLOPs", "right"), ("key", "left")]
     if swept:
         columns.insert(2, ("variant", "left"))
     for name, justify in columns:
@@ -697,7 +697,9 @@ def _plan_table(experiment: str, stages, store, swept=()):
         status = store.stage(experiment, stage.key).status()
         flops = training_flops(stage)
         total += flops if status not in ("done", "diverged") else 0.0
-        cells = [stage.kind, stage.model, stage.detail, stage.size_label, f"[{colours[status]}]{status}[/]", f"{flops:.2e}" if flops else "–", stage.key]
+        section = stage.training  # the effective values: a [[transfer]] finetune override merged
+        shape = f"{section['steps']}×{section['batch_size']}@{section['image_size']}" if section else "–"
+        cells = [stage.kind, stage.model, stage.detail, stage.size_label, shape, f"[{colours[status]}]{status}[/]", f"{flops:.2e}" if flops else "–", stage.key]
         if swept:
             cells.insert(2, stage.variant(swept))
         table.add_row(*cells)
