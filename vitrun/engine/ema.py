@@ -1,9 +1,10 @@
 """Polyak averaging of the weights (Polyak & Juditsky 1992; the paper's Table 2 fine-tuning, 0.9999).
 
-After every optimiser step: average ← decay · average + (1 − decay) · weights. The average starts
-at the weights the stage starts from (no bias correction, no decay warm-up), as the official
-code's `polyak_decay` and timm's ModelEmaV2. The averaged weights are the ones a stage evaluates,
-tests and saves; the raw weights keep training.
+After every optimiser step: average ← decay · average + (1 − decay) · weights. The paper gives
+only the factor; we take the plain form (timm's ModelEmaV2, flax's Polyak-averaging example):
+the average starts at the weights the stage starts from, with no bias correction and no decay
+warm-up, so with 0.9999 the first ~10k steps still lean on the starting weights. The averaged
+weights are the ones a stage evaluates, tests and saves; the raw weights keep training.
 """
 
 from __future__ import annotations
