@@ -72,3 +72,20 @@ def test_finetune_keeps_and_saves_the_best_averaged_weights(tmp_path, monkeypatc
     assert all(torch.equal(saved[k], best[k]) for k in best), "weights.pt holds the weights scored at the best step"
     assert not all(torch.equal(saved[k], seen[2][0][k]) for k in best)
     assert list((folder / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_pretraining_evaluates_on_a_held_out_slice(tmp_path):
+    text = RECIPE.replace("steps = 0\n", 'steps = 4\nbatch_size = 8\nwarmup_steps = 1\nsize = 40\ndropout = 0.1\nema = 0.9\neval_every = 2\nkeep = "best"\n', 1)
+    text = text[: text.index("[finetune]")] + "[run]\ntensorboard = true\n"
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(text)
+    results = tmp_path / "results"
+    result = CliRunner().invoke(main, ["recipe", str(recipe), "--results", str(results)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    folder = next((results / "options").glob("pretrain-*"))
+    metrics = json.loads((folder / "stage.json").read_text())["metrics"]
+    assert [step for step, _ in metrics["eval_curve"]] == [2, 4]
+    assert metrics["kept_step"] == metrics["best_step"] and metrics["best_accuracy"] == max(acc for _, acc in metrics["eval_curve"])
+    assert metrics["train_images"] == 36, "10% of the 40 images (the default dev_fraction) is held out"
+    assert list((folder / "tensorboard").glob("events.out.tfevents.*"))
