@@ -698,7 +698,7 @@ def _plan_table(experiment: str, stages, store, swept=()):
         flops = training_flops(stage)
         total += flops if status not in ("done", "diverged") else 0.0
         section = stage.training  # the effective values: a [[transfer]] finetune override merged
-        shape = f"{section['steps']}×{section['batch_size']}@{section['image_size']}" if section else "–"
+        shape = f"{section['steps']}×{section['batch_size']}@{section['image_size']}" if section and section.get("steps") else "–"  # scratch: no steps
         cells = [stage.kind, stage.model, stage.detail, stage.size_label, shape, f"[{colours[status]}]{status}[/]", f"{flops:.2e}" if flops else "–", stage.key]
         if swept:
             cells.insert(2, stage.variant(swept))

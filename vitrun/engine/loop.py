@@ -26,7 +26,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 class Extra(Protocol):
     """Something that rides along the loop (vitrun/engine/ema.py, early_stop.py, tblog.py):
-    its state travels in the checkpoint, so a resumed run is bit-identical."""
+    its state travels in the checkpoint (under its class name), so a resumed run is bit-identical."""
 
     def after_step(self, step: int, model: nn.Module) -> None: ...  # after every optimiser step
     def on_log(self, row: dict) -> None: ...  # every metrics.jsonl row
@@ -90,8 +90,10 @@ def train(
     #    an unreadable one is set aside and reported (then as 2);
     # 2. otherwise the weights already in `model` (the caller's init: parent stage or scratch).
     start, kept = checkpoint.restore(stage_dir.checkpoint_file, model, optimizer, on_notice)
-    for extra, state in zip(extras, kept.get("extras", ())):
-        extra.load_state_dict(state)
+    saved = kept.get("extras", {})  # by class: a run option (TensorBoard) may come or go on resume
+    for extra in extras:
+        if type(extra).__name__ in saved:
+            extra.load_state_dict(saved[type(extra).__name__])
     if start == 0:
         torch.manual_seed(seed)
     _truncate_log(stage_dir, start)
@@ -103,7 +105,7 @@ def train(
     loss_sum, loss_count, last_loss = kept.get("loss_sum", 0.0), kept.get("loss_count", 0), kept.get("last_loss", float("nan"))
 
     def save(at: int) -> None:
-        checkpoint.save(stage_dir.checkpoint_file, model, optimizer, at, {"loss_sum": loss_sum, "loss_count": loss_count, "last_loss": last_loss, "extras": [e.state_dict() for e in extras]})
+        checkpoint.save(stage_dir.checkpoint_file, model, optimizer, at, {"loss_sum": loss_sum, "loss_count": loss_count, "last_loss": last_loss, "extras": {type(e).__name__: e.state_dict() for e in extras}})
 
     step, at_boundary = start, True
     with _StopRequests() as stop:
