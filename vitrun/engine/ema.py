@@ -32,12 +32,17 @@ class PolyakAverage:
 
     @torch.no_grad()
     def after_step(self, step: int, model: nn.Module) -> None:
+        averaged, current = [], []
         for name, value in model.state_dict().items():
             kept = self.average[name]
             if kept.is_floating_point():
-                kept.mul_(self.decay).add_(value.detach(), alpha=1.0 - self.decay)
+                averaged.append(kept)
+                current.append(value.detach())
             else:
                 kept.copy_(value)
+        if averaged:  # one fused kernel per op over every tensor (a ViT-B has ~150), not one each
+            torch._foreach_mul_(averaged, self.decay)
+            torch._foreach_add_(averaged, current, alpha=1.0 - self.decay)
 
     def on_log(self, row: dict) -> None:
         pass
