@@ -33,3 +33,16 @@ def test_read_metrics_ignores_garbage(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_bytes(b'{"step": 1, "loss": 1.0}\n\xff\xfe\n[1, 2]\n{"step": 2, "loss": 0.5}\n')
     assert [r["step"] for r in read_metrics(path)] == [1, 2]
+
+
+def test_eval_curve_from_stage_json_is_a_panel(tmp_path):
+    config = {"model": {"name": "ViT-Mu/4"}, "pretrain": {"data": "fractal"}}
+    _stage(tmp_path, "pretrain-a", "pretrain", [{"step": s, "loss": 1.0 / s, "lr": 0.001, "grad_norm": 1.0} for s in (2, 4, 6)], config)
+    record = json.loads((tmp_path / "exp" / "pretrain-a" / "stage.json").read_text())
+    record["metrics"] = {"eval_curve": [[3, 0.25], [6, 0.5]]}
+    (tmp_path / "exp" / "pretrain-a" / "stage.json").write_text(json.dumps(record))
+    frame = curves_frame(Store(tmp_path), "exp")
+    evaluated = frame.dropna(subset=["eval_accuracy"])
+    assert list(zip(evaluated["step"], evaluated["eval_accuracy"])) == [(3, 0.25), (6, 0.5)]
+    assert frame["loss"].notna().sum() == 3, "the training rows are unchanged"
+    assert [p.name for p in save_curves(frame, tmp_path / "out")] == ["curves-pretrain.png"]

@@ -141,7 +141,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
 @click.option("--real", "real_labels", type=click.Path(dir_okay=False), help="ReaL labels (the public real.json) to score fine-tuned ImageNet stages on ImageNet-ReaL, from the test predictions each keeps; the test split must be the validation set in file-name order.")
 @click.option("--figures", is_flag=True, help="Write the paper-style figures (PNG and SVG) to results/<experiment>/report/ (--out and --format html write them anyway).")
 @click.option("--allow-missing", is_flag=True, help="Exit 0 even when some stage records cannot be read or verified (they are still listed under the tables).")
-@click.option("--curves", is_flag=True, help="Also draw each training stage's loss, learning rate and gradient norm against the step (from metrics.jsonl) as curves-<kind>.png under --out, else results/<experiment>/report/.")
+@click.option("--curves", is_flag=True, help="Also draw each training stage's loss, learning rate, gradient norm and (with eval_every) held-out accuracy against the step (from metrics.jsonl and stage.json) as curves-<kind>.png under --out, else results/<experiment>/report/.")
 @click.option("--all", "every_run", is_flag=True, help="Every run of an experiment (the recipe as written and each --set variant), each labelled in a `run` row level; default: the recipe as written, and other runs listed under the tables.")
 def report_cmd(results, experiment, fmt, out_dir, paper, check, real_labels, figures, allow_missing, curves, every_run):
     """Rebuild the tables (and figures) of finished stages under --results.
@@ -713,7 +713,7 @@ def _plan_table(experiment: str, stages, store, swept=()):
     from vitrun.stages import training_flops
 
     table = Table(title=f"Plan for {experiment}: {len(stages)} stages", title_justify="left", header_style="bold")
-    columns = [("kind", "left"), ("model", "left"), ("data", "left"), ("size", "right"), ("status", "left"), ("est. FLOPs", "right"), ("key", "left")]
+    columns = [("kind", "left"), ("model", "left"), ("data", "left"), ("size", "right"), ("steps×batch@px", "right"), ("status", "left"), ("est. FLOPs", "right"), ("key", "left")]
     if swept:
         columns.insert(2, ("variant", "left"))
     for name, justify in columns:
@@ -724,7 +724,9 @@ def _plan_table(experiment: str, stages, store, swept=()):
         status = store.stage(experiment, stage.key).status()
         flops = training_flops(stage)
         total += flops if status not in ("done", "diverged") else 0.0
-        cells = [stage.kind, stage.model, stage.detail, stage.size_label, f"[{colours[status]}]{status}[/]", f"{flops:.2e}" if flops else "–", stage.key]
+        section = stage.training  # the effective values: a [[transfer]] finetune override merged
+        shape = f"{section['steps']}×{section['batch_size']}@{section['image_size']}" if section and section.get("steps") else "–"  # scratch: no steps
+        cells = [stage.kind, stage.model, stage.detail, stage.size_label, shape, f"[{colours[status]}]{status}[/]", f"{flops:.2e}" if flops else "–", stage.key]
         if swept:
             cells.insert(2, stage.variant(swept))
         table.add_row(*cells)

@@ -16,7 +16,12 @@ import pandas as pd
 from vitrun.store import METRICS_FILE, STAGE_FILE, Store, read_metrics as read_rows
 
 TRAINING_KINDS = ("pretrain", "finetune_dev", "finetune")
-PANELS = (("loss", "training loss", "log"), ("lr", "learning rate", "linear"), ("grad_norm", "gradient norm (before clipping)", "log"))
+PANELS = (
+    ("loss", "training loss", "log"),
+    ("lr", "learning rate", "linear"),
+    ("grad_norm", "gradient norm (before clipping)", "log"),
+    ("eval_accuracy", "held-out accuracy (eval_every)", "linear"),  # only stages that evaluated
+)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -26,7 +31,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def curves_frame(store: Store, experiment: str) -> pd.DataFrame:
     """One row per logged step of every training stage of `experiment` that has a record:
-    experiment, key, kind, label (model · data · size), step, loss, lr, grad_norm."""
+    experiment, key, kind, label (model · data · size), step, loss, lr, grad_norm, and
+    eval_accuracy at the steps of a finished stage's evaluation curve (`eval_every`)."""
     rows = []
     for folder in sorted((store.root / experiment).glob(f"*/{METRICS_FILE}")):
         try:
@@ -38,6 +44,8 @@ def curves_frame(store: Store, experiment: str) -> pd.DataFrame:
         label = _label(record)
         for row in read_metrics(folder):
             rows.append({"experiment": experiment, "key": folder.parent.name, "kind": record["kind"], "label": label, **row})
+        for step, accuracy in (record.get("metrics") or {}).get("eval_curve") or ():
+            rows.append({"experiment": experiment, "key": folder.parent.name, "kind": record["kind"], "label": label, "step": step, "eval_accuracy": accuracy})
     return pd.DataFrame(rows)
 
 
@@ -71,6 +79,7 @@ def save_curves(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 3, 4), squeeze=False)
         for ax, (column, title, scale) in zip(axes[0], panels):
             for label, stage in rows.groupby("label", sort=True):
+                stage = stage.dropna(subset=[column]).sort_values("step")  # eval points sit between log rows
                 ax.plot(stage["step"], stage[column], label=label, linewidth=1.2, marker="o" if len(stage) < 20 else None, markersize=3)
             values = rows[column].dropna()
             wide = len(values) and (values > 0).all() and values.max() / values.min() > 10  # log only where it helps

@@ -107,9 +107,11 @@ def _variant_stages(recipe: Recipe) -> list[Stage]:
     pretrain = make_stage("pretrain", upstream)
     out = [pretrain]
     for transfer in recipe.transfer:
-        base = {**upstream, "transfer": {**transfer.model_dump(mode="json"), "name": transfer.label}}
+        # The fine-tuning override is keyed through the merged [finetune] of the stages it
+        # changes, not through [transfer] (few-shot stages do not depend on it).
+        base = {**upstream, "transfer": {**transfer.model_dump(mode="json", exclude={"finetune"}), "name": transfer.label}}
         if recipe.finetune:
-            finetune = recipe.finetune.model_dump(mode="json")
+            finetune = _without_unused_regularisers(recipe.finetune_for(transfer).model_dump(mode="json"), recipe)
             finetune["image_size"] = finetune["image_size"] or recipe.pretrain.image_size
             # A list of rates: one dev-split trial each, then the final run with the best.
             # Trials never keep weights: save_weights keys only the final run.
@@ -131,12 +133,21 @@ def pretrain_config(recipe: Recipe) -> dict[str, Any]:
     masked-patch options only for that objective (older recipes keep their keys), and for
     "scratch" nothing but the resolution (no data, no steps: one initialisation per model).
     """
-    section = recipe.pretrain.model_dump(mode="json")
+    section = _without_unused_regularisers(recipe.pretrain.model_dump(mode="json"), recipe)
     if section["objective"] == "scratch":
         return {"objective": "scratch", "image_size": section["image_size"], "steps": 0}
     if section["objective"] != "masked-patch":
         for key in MASK_KEYS:
             del section[key]
+    return section
+
+
+def _without_unused_regularisers(section: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
+    """BiT ResNets have no dropout layers and no residual branches to drop: a swept
+    `dropout = 0.1` does nothing to them, so it does not key their stages either."""
+    if recipe.model.resolved()["family"] == "resnet":
+        for key in ("dropout", "drop_path"):
+            section.pop(key, None)
     return section
 
 

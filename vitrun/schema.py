@@ -38,7 +38,9 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 
 class ModelConfig(BaseModel):
-    """`[model]`: a paper name plus architecture options (classifier, dropout, width …).
+    """`[model]`: a paper name plus architecture options (classifier, pos_embed, width …).
+
+    Dropout and stochastic depth are set per stage in `[pretrain]`/`[finetune]` (TrainingFields).
 
     Options are checked by the model registry, so every option it knows is valid here.
     """
@@ -61,6 +63,9 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known_architecture(self) -> "ModelConfig":
+        for key in TRAINING_HYPERPARAMETERS:
+            if key in self.options():
+                raise ValueError(f"{key} is a training hyper-parameter now, not architecture: move `{key} = {self.options()[key]}` from [model] to [pretrain] (Table 3: 0.1 pre-training on ImageNet/-21k) and/or [finetune] (0 in the paper)")
         model_registry.spec(self.name, **self.options())  # raises ValueError with a suggestion
         return self
 
@@ -75,6 +80,38 @@ class ModelConfig(BaseModel):
 
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+Rate = Annotated[float, Field(ge=0, lt=1)]
+# Architecture options of the registry that are training hyper-parameters: [model] refuses them.
+TRAINING_HYPERPARAMETERS = ("dropout", "drop_path")
+
+
+class TrainingFields(Section):
+    """Regularisation, averaging and evaluation of one training stage: in `[pretrain]` and
+    `[finetune]` (and a `[[transfer]] finetune` override). Every key left at its default is
+    left out of the stage config, so recipes that never set them keep their stage keys."""
+
+    dropout: Rate = Field(0.0, description="ViT/hybrid dropout (after dense layers and positions); Table 3: 0.1 pre-training on ImageNet/-21k, 0 fine-tuning; ResNets have none")
+    drop_path: Rate = Field(0.0, description="stochastic depth, linear from 0 at the first block to this at the last (DeiT/timm; 0 in the paper); ResNets have none")
+    label_smoothing: Rate = Field(0.0, description="share of the target spread over all classes (supervised loss; 0 in the paper)")
+    ema: Optional[Annotated[float, Field(gt=0, lt=1)]] = Field(None, description="Polyak averaging decay, e.g. 0.9999 (Table 2's fine-tuning): the averaged weights are evaluated and saved")
+    eval_every: Optional[PositiveSteps] = Field(None, description="evaluate on the dev split (held out of training) every N steps; the curve goes to stage.json")
+    keep: Literal["last", "best"] = Field("last", description='weights the stage keeps, tests and passes on: "last", or "best" on the eval_every curve (early stopping, §4.3)')
+
+    @model_validator(mode="after")
+    def _best_needs_curve(self) -> "TrainingFields":
+        if self.keep == "best" and self.eval_every is None:
+            raise ValueError('keep = "best" chooses on the evaluation curve: set eval_every (e.g. eval_every = 500), or keep = "last"')
+        return self
+
+
+def drop_training_defaults(section: BaseModel, dumped: dict[str, Any]) -> dict[str, Any]:
+    """Leave TrainingFields keys at their default out of a dumped section (stage keys stay)."""
+    for name in TrainingFields.model_fields:
+        if name in dumped and dumped[name] == type(section).model_fields[name].default:
+            del dumped[name]
+    return dumped
 
 
 class DataFields(Section):
@@ -111,14 +148,16 @@ class DataFields(Section):
                 del dumped[name]
         if dumped.get("name", "") is None:  # an unnamed set keeps the stage keys it had
             del dumped["name"]
-        return dumped
+        if dumped.get("finetune", "") is None:  # [[transfer]] without a fine-tuning override
+            del dumped["finetune"]
+        return drop_training_defaults(self, dumped)
 
 
 # Keys added with real sources: left out of stage configs while unset (see DataFields).
 _SOURCE_OPTIONS = ("config", "train_split", "test_split", "image_column", "label_column", "root", "download", "test_fraction", "eval_size", "dev_fraction", "crop", "stream")
 
 
-class PretrainConfig(DataFields):
+class PretrainConfig(DataFields, TrainingFields):
     """`[pretrain]`: upstream training (Adam, warm-up, linear decay; paper Table 3)."""
 
     data: str = "fractal"
@@ -154,6 +193,18 @@ class PretrainConfig(DataFields):
             raise ValueError('steps is missing: give the number of pre-training steps (only objective = "scratch" goes without)')
         return self
 
+    @model_validator(mode="after")
+    def _supervised_only(self) -> "PretrainConfig":
+        """Label smoothing and the accuracy curve are about class labels, which a masked-patch
+        or scratch pre-training has none of."""
+        if self.objective != "supervised":
+            for key, value in (("label_smoothing", self.label_smoothing), ("eval_every", self.eval_every)):
+                if value:
+                    raise ValueError(f'{key} applies to a supervised pre-training; objective = "{self.objective}" has no class labels to use it on: remove pretrain.{key}')
+        if self.stream and self.eval_every:  # the held-out share is drawn by label, which a stream cannot
+            raise ValueError("eval_every holds out a share of the training split by label, which stream = true cannot; remove one of them")
+        return self
+
 
 LEARNING_RATES = (0.001, 0.003, 0.01, 0.03)  # the paper's fine-tuning grid (ImageNet: 0.003 … 0.06)
 
@@ -170,7 +221,7 @@ def _one_or_distinct(value: Union[float, list[float]]) -> Union[float, list[floa
     return value
 
 
-class FinetuneConfig(Section):
+class FinetuneConfig(TrainingFields):
     """`[finetune]`: transfer by fine-tuning (SGD momentum 0.9, cosine, clip 1; App. B.1.1)."""
 
     steps: PositiveSteps
@@ -196,7 +247,7 @@ class FinetuneConfig(Section):
         dumped = handler(self)
         if not dumped.get("save_weights"):
             dumped.pop("save_weights", None)  # results from before this option keep their keys
-        return dumped
+        return drop_training_defaults(self, dumped)
 
 
 class FewshotConfig(Section):
@@ -216,6 +267,9 @@ class TransferConfig(DataFields):
 
     name: Optional[str] = None
     per_class: Optional[Images] = None
+    # Any [finetune] key for this dataset only (Table 4: CIFAR 10k steps, Pets/Flowers 500, ...).
+    # Not part of this table's stage config: the merged [finetune] of its stages carries it.
+    finetune: Optional[dict[str, Any]] = None
 
     @property
     def label(self) -> str:
@@ -227,6 +281,38 @@ class TransferConfig(DataFields):
         if stream:  # dev splits and k-shot draws pick images by label, anywhere in the split
             raise ValueError("stream = true is for [pretrain] only: a transfer dataset needs random access (dev split, k-shot draws); remove it here")
         return stream
+
+    @model_validator(mode="after")
+    def _finetune_keys_known(self) -> "TransferConfig":
+        for key in self.finetune or {}:
+            if key not in FinetuneConfig.model_fields:
+                raise ValueError(f"[[transfer]] {self.label}: finetune.{key} is not a [finetune] key{_suggest_key(key, FinetuneConfig.model_fields)}")
+        return self
+
+
+def _suggest_key(key: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else " (keys: " + ", ".join(known) + ")"
+
+
+def merged_finetune(base: FinetuneConfig, transfer: TransferConfig) -> FinetuneConfig:
+    """`[finetune]` with the transfer's `finetune = {…}` override on top, validated as a whole.
+
+    Raises ValueError naming the transfer and the key that does not fit.
+    """
+    if not transfer.finetune:
+        return base
+    from pydantic import ValidationError
+
+    fields = {name: getattr(base, name) for name in base.model_fields_set}
+    try:
+        return FinetuneConfig.model_validate({**fields, **transfer.finetune})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "finetune"
+        raise ValueError(f"[[transfer]] {transfer.label}: finetune.{where}: {first['msg']}") from None
 
 
 class RunConfig(Section):
@@ -246,6 +332,16 @@ class RunConfig(Section):
     workers: Optional[Annotated[int, Field(ge=0, le=1024)]] = Field(None, description="decoding processes; default: the cores training leaves free (GPU: all but one)")
     prefetch: int = Field(2, ge=1, le=1024, description="batches each worker prepares ahead")
     decode: Literal["cpu", "gpu"] = Field("cpu", description="gpu: JPEGs decoded on the CUDA device (nvJPEG); same crops, pixels within decoder rounding; CPU when there is no GPU")
+    tensorboard: bool = Field(False, description="write loss, lr, grad norm, images/s and eval curves for TensorBoard under each stage's folder (tensorboard/); needs the vitrun[tensorboard] extra")
+
+    @field_validator("tensorboard")
+    @classmethod
+    def _tensorboard_installed(cls, on: bool) -> bool:
+        from vitrun.engine.tblog import available
+
+        if on and not available():
+            raise ValueError("tensorboard = true needs the tensorboard package: pip install 'vitrun[tensorboard]' (or set tensorboard = false)")
+        return on
 
 
 Column = Union[str, list[str]]
@@ -347,7 +443,16 @@ class Recipe(Section):
     def _transfer_needed(self) -> "Recipe":
         if (self.finetune or self.fewshot) and not self.transfer:
             raise ValueError("[finetune] and [fewshot] need at least one [[transfer]] dataset")
+        for transfer in self.transfer:
+            if transfer.finetune and not self.finetune:
+                raise ValueError(f"[[transfer]] {transfer.label}: finetune = {{…}} overrides [finetune], but the recipe has no [finetune] table; add one (e.g. [finetune] steps = 500)")
+            if self.finetune:
+                merged_finetune(self.finetune, transfer)  # every override fits, before anything runs
         return self
+
+    def finetune_for(self, transfer: TransferConfig) -> Optional[FinetuneConfig]:
+        """The effective `[finetune]` of one transfer dataset (its override merged), or None."""
+        return merged_finetune(self.finetune, transfer) if self.finetune else None
 
     @model_validator(mode="after")
     def _image_sizes_fit(self) -> "Recipe":
@@ -357,6 +462,10 @@ class Recipe(Section):
         sizes = [("pretrain.image_size", self.pretrain.image_size)]
         if self.finetune and self.finetune.image_size:
             sizes.append(("finetune.image_size", self.finetune.image_size))
+        for transfer in self.transfer if self.finetune else ():
+            size = (transfer.finetune or {}).get("image_size")
+            if isinstance(size, int):
+                sizes.append((f"[[transfer]] {transfer.label}: finetune.image_size", size))
         for key, size in sizes:
             if spec.family == "vit" and size % spec.patch:
                 fits = max(spec.patch, size // spec.patch * spec.patch)

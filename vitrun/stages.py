@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from functools import partial
+from typing import Any, Callable, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +22,12 @@ from vitrun.data.streaming import StreamImageSet
 from vitrun.engine import checkpoint, masked_patch
 from vitrun.engine.device import Placement
 from vitrun.engine.distributed import World, split_batch
+from vitrun.engine.extras import StageExtras
 from vitrun.engine.loop import LoopSettings, decay_groups, supervised, train
 from vitrun.evals.fewshot import LinearFewshot
+from vitrun.models.vit import set_regularisation
 from vitrun.plan import Stage
-from vitrun.schema import RunConfig
+from vitrun.schema import FinetuneConfig, PretrainConfig, RunConfig
 from vitrun.paper.real import PREDICTIONS_FILE, predictions_bytes
 from vitrun.store import StageDir, Store, write_atomic
 
@@ -80,25 +83,29 @@ def training_flops(stage: Stage) -> float:
 # -- kinds -----------------------------------------------------------------------------
 
 def pretrain(stage: Stage, ctx: Context) -> dict[str, Any]:
-    cfg, p = stage.config, stage.config["pretrain"]
-    if p["steps"] == 0:  # includes objective = "scratch"
+    cfg, p = stage.config, pretrain_section(stage)
+    if p.steps == 0:  # includes objective = "scratch"
         return _initial_weights(stage, ctx)
     ds = _pretrain_data(cfg, ctx)
-    train_set = _subset(ds.train, p["size"], cfg["seed"]) if p["size"] else ds.train
-    if p["objective"] == "masked-patch":
+    train_set = _subset(ds.train, p.size, cfg["seed"]) if p.size else ds.train
+    if p.objective == "masked-patch":
         return _masked_patch(stage, ctx, ds, train_set)
+    held_out = None
+    if p.eval_every:  # early stopping scores a held-out share of train, never test
+        _, (train_set, held_out) = _dev_split(cfg["pretrain"], train_set)
     model = _initial_model(cfg, ds.num_classes).to(ctx.placement.device)
     optimizer = _pretrain_optimizer(model, p, ctx.placement.fused)
-    loss_fn = _sigmoid_xent if p.get("loss") == "sigmoid" else F.cross_entropy
-    summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, train_set, p), supervised(loss_fn), p)
+    smoothing = p.label_smoothing
+    loss_fn = partial(_sigmoid_xent, smoothing=smoothing) if p.loss == "sigmoid" else partial(F.cross_entropy, label_smoothing=smoothing)
+    summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, train_set, p, p.crop), supervised(loss_fn), p, p.schedule, held_out)
     if ctx.world.is_main():  # rank 0 owns the store
         checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model)
     return {
         **summary,
-        "accuracy": accuracy(model, ds.test, p["image_size"], ctx),
+        "accuracy": accuracy(model, ds.test, p.image_size, ctx),
         "num_classes": ds.num_classes,
         "train_images": _count(train_set),
-        "images_seen": p["steps"] * p["batch_size"],
+        "images_seen": p.steps * p.batch_size,
     }
 
 
@@ -117,37 +124,37 @@ def _count(images) -> int | None:
 def _masked_patch(stage: Stage, ctx: Context, ds: data.Dataset, train_set) -> dict[str, Any]:
     """Self-supervised pre-training (§4.6): the ViT learns to predict corrupted patches; its
     weights (with a placeholder one-class head, as `_initial_weights`) go to the transfer stages."""
-    cfg, p = stage.config, stage.config["pretrain"]
-    model = masked_patch.MaskedPatchModel(_initial_model(cfg, num_classes=1), p["mask_target"]).to(ctx.placement.device)
+    cfg, p = stage.config, pretrain_section(stage)
+    model = masked_patch.MaskedPatchModel(_initial_model(cfg, num_classes=1), p.mask_target).to(ctx.placement.device)
     optimizer = _pretrain_optimizer(model, p, ctx.placement.fused)
     num_patches = model.vit.grid[0] * model.vit.grid[1]
     split = _split(ctx, p)
     whole = split.world == 1 and split.accumulation == 1
     # A RANDOM replacement may come from any image of the global batch: a split run loads the
     # whole batch and hands each slice its sources' pixels (`slice_with_sources`).
-    images_at = _loader_for(stage, ctx, train_set, p, whole_batch=True)
+    images_at = _loader_for(stage, ctx, train_set, p, p.crop, whole_batch=True)
     a, b = ctx.world.rank * split.per_rank, (ctx.world.rank + 1) * split.per_rank
 
     def batch_at(step: int):  # the corruption travels in the labels' place, a pure function of the step
         images, _ = images_at(step)
-        plan = masked_patch.plan_for_step(len(images), num_patches, p["mask_rate"], cfg["seed"], step)
+        plan = masked_patch.plan_for_step(len(images), num_patches, p.mask_rate, cfg["seed"], step)
         if whole:
             return images, plan
         return masked_patch.slice_with_sources(images, plan, model.patch, a, b)
 
-    summary = _train(stage, ctx, model, optimizer, batch_at, masked_patch.objective, p, find_unused_parameters=True)
+    summary = _train(stage, ctx, model, optimizer, batch_at, masked_patch.objective, p, p.schedule, find_unused_parameters=True)
     if ctx.world.is_main():
         checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model.vit)
     with ctx.placement.autocast():
         # not sharded: each batch's corruption is a function of its index (every rank scores all)
-        scores = masked_patch.evaluate(model, _device_batches(ds.test, p["image_size"], ctx, sharded=False), p["mask_rate"])
-    return {**summary, "accuracy": None, **scores, "num_classes": 1, "train_images": _count(train_set), "images_seen": p["steps"] * p["batch_size"]}
+        scores = masked_patch.evaluate(model, _device_batches(ds.test, p.image_size, ctx, sharded=False), p.mask_rate)
+    return {**summary, "accuracy": None, **scores, "num_classes": 1, "train_images": _count(train_set), "images_seen": p.steps * p.batch_size}
 
 
-def _pretrain_optimizer(model: nn.Module, p: dict[str, Any], fused: bool = False) -> torch.optim.Optimizer:
+def _pretrain_optimizer(model: nn.Module, p: PretrainConfig, fused: bool = False) -> torch.optim.Optimizer:
     """Adam with decoupled weight decay on kernels only (Table 3), for either objective;
     `fused`: one kernel per update on CUDA (same arithmetic, within fp32 rounding)."""
-    return torch.optim.AdamW(decay_groups(model, p["weight_decay"]), lr=p["lr"], betas=tuple(p["betas"]), fused=fused or None)
+    return torch.optim.AdamW(decay_groups(model, p.weight_decay), lr=p.lr, betas=p.betas, fused=fused or None)
 
 
 def _initial_weights(stage: Stage, ctx: Context) -> dict[str, Any]:
@@ -179,20 +186,21 @@ def _initial_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
 def finetune_dev(stage: Stage, ctx: Context) -> dict[str, Any]:
     """One learning-rate trial (App. B.1.1): fine-tune on the training split less its dev
     share, score on the dev share. The `finetune` stage picks the best trial."""
-    f, t = stage.config["finetune"], stage.config["transfer"]
-    ds = ctx.dataset(t, f["image_size"], t["classes"], t["per_class"])
+    f, t = finetune_section(stage), stage.config["transfer"]
+    ds = ctx.dataset(t, f.image_size, t["classes"], t["per_class"])
     fraction, (train_part, dev_part) = _dev_split(t, ds.train)
-    model, summary = _finetuned(stage, ctx, train_part, ds.num_classes, f["lr"])
-    return {**summary, "accuracy": accuracy(model, dev_part, f["image_size"], ctx), "lr": f["lr"], "dev_fraction": fraction, "train_images": len(train_part), "dev_images": len(dev_part)}
+    held_out = dev_part if f.eval_every else None
+    model, summary = _finetuned(stage, ctx, train_part, ds.num_classes, f.lr, held_out)
+    return {**summary, "accuracy": accuracy(model, dev_part, f.image_size, ctx), "lr": f.lr, "dev_fraction": fraction, "train_images": len(train_part), "dev_images": len(dev_part)}
 
 
 def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
     """Fine-tune on the whole training split and test: at the recipe's one learning rate, or
     at the rate whose dev trial (the parent `finetune_dev` stages) scored best."""
-    f, t = stage.config["finetune"], stage.config["transfer"]
-    ds = ctx.dataset(t, f["image_size"], t["classes"], t["per_class"])
+    f, t = finetune_section(stage), stage.config["transfer"]
+    ds = ctx.dataset(t, f.image_size, t["classes"], t["per_class"])
     chosen: dict[str, Any] = {}
-    lr = f["lr"]
+    lr = f.lr
     if isinstance(lr, list):
         trials = [ctx.stage_dir(key).read()["metrics"] for key in stage.parents[1:]]
         dev = {str(trial["lr"]): trial["accuracy"] for trial in trials}
@@ -203,15 +211,18 @@ def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
             chosen["dev_warning"] = warning
             if ctx.on_notice:
                 ctx.on_notice(f"{stage.data}: {warning}")
-    model, summary = _finetuned(stage, ctx, ds.train, ds.num_classes, lr)
-    predicted = predictions(model, ds.test, f["image_size"], ctx)
+    train_images, held_out = ds.train, None
+    if f.eval_every:  # early stopping on the dev share: it is held out of training
+        _, (train_images, held_out) = _dev_split(t, ds.train)
+    model, summary = _finetuned(stage, ctx, train_images, ds.num_classes, lr, held_out)
+    predicted = predictions(model, ds.test, f.image_size, ctx)
     # kept for metrics computed later from other labels (ImageNet-ReaL: `vitrun report --real`)
     if ctx.world.is_main():
         write_atomic(ctx.stage_dir(stage.key).path / PREDICTIONS_FILE, predictions_bytes(predicted.tolist()))
-    if f.get("save_weights") and ctx.world.is_main():  # for `vitrun evaluate` and `vitrun export`
+    if f.save_weights and ctx.world.is_main():  # for `vitrun evaluate` and `vitrun export`
         checkpoint.save_weights(ctx.stage_dir(stage.key).weights_file, model)
     hits = (predicted == ds.test.labels).double().mean().item()
-    return {**summary, **chosen, "accuracy": hits, "train_images": len(ds.train), "num_classes": ds.num_classes}
+    return {**summary, **chosen, "accuracy": hits, "train_images": len(train_images), "num_classes": ds.num_classes}
 
 
 MIN_DEV_IMAGES = 50  # below this a dev split's accuracies move in steps of 2% or more
@@ -229,17 +240,19 @@ def _dev_warning(dev: dict[str, float], images: int, chosen: float) -> str | Non
     return None
 
 
-def _finetuned(stage: Stage, ctx: Context, images, num_classes: int, lr: float) -> tuple[nn.Module, dict[str, Any]]:
-    f, t = stage.config["finetune"], stage.config["transfer"]
+def _finetuned(stage: Stage, ctx: Context, images, num_classes: int, lr: float, held_out=None) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune the parent's weights on `images`; `held_out` (the dev share) when `eval_every` scores it."""
+    f, t = finetune_section(stage), stage.config["transfer"]
     model = _pretrained(stage, ctx)
     # Fine-tuning protocol (App. B.1.1): the whole pre-training head goes, a zero-initialised
     # linear layer comes; a higher resolution resamples the position embeddings in 2-D.
     model.reset_head(num_classes)
-    model.set_image_size(f["image_size"], mode=f["pos_embed_resample"])
+    model.set_image_size(f.image_size, mode=f.pos_embed_resample)
     model.to(ctx.placement.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=f["momentum"], weight_decay=0.0, fused=ctx.placement.fused or None)
-    section = {**f, "schedule": "cosine", "crop": t.get("crop") or _default_finetune_crop(t["data"])}
-    summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, images, section), supervised(F.cross_entropy), section)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=f.momentum, weight_decay=0.0, fused=ctx.placement.fused or None)
+    crop = t.get("crop") or _default_finetune_crop(t["data"])
+    loss_fn = partial(F.cross_entropy, label_smoothing=f.label_smoothing)
+    summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, images, f, crop), supervised(loss_fn), f, "cosine", held_out)
     return model, summary
 
 
@@ -330,25 +343,46 @@ def _default_finetune_crop(source: str) -> str:
     return "inception" if data.is_embedded(source) else "resize"
 
 
-def _loader_for(stage: Stage, ctx: Context, images, section: dict, whole_batch: bool = False):
+def pretrain_section(stage: Stage) -> PretrainConfig:
+    """The stage config's [pretrain] as the frozen, typed section (defaults filled in)."""
+    return PretrainConfig.model_validate(stage.config["pretrain"], strict=False)
+
+
+def finetune_section(stage: Stage) -> FinetuneConfig:
+    """The stage config's [finetune] (overrides merged, image_size resolved) as the typed section."""
+    return FinetuneConfig.model_validate(stage.config["finetune"], strict=False)
+
+
+Training = Union[PretrainConfig, FinetuneConfig]
+
+
+def _loader_for(stage: Stage, ctx: Context, images, section: Training, crop: str | None, whole_batch: bool = False):
     """`batch_at(step)` over `images` for a training section ([pretrain] or [finetune]): this
     rank's slice of each global batch (or, `whole_batch`, all of it)."""
-    crop = section.get("crop") or "inception"
     part = (0, 1) if whole_batch else (ctx.world.rank, ctx.world.size)
-    return loader.train_batches(images, section["image_size"], section["batch_size"], section["steps"], stage.config["seed"], crop, ctx.loader_settings(), part)
+    return loader.train_batches(images, section.image_size, section.batch_size, section.steps, stage.config["seed"], crop or "inception", ctx.loader_settings(), part)
 
 
-def _split(ctx: Context, section: dict):
+def _split(ctx: Context, section: Training):
     """The section's global batch over this run's ranks and micro-steps."""
-    return split_batch(section["batch_size"], ctx.world.size, ctx.run.micro_batch)
+    return split_batch(section.batch_size, ctx.world.size, ctx.run.micro_batch)
 
 
-def _train(stage, ctx, model, optimizer, batch_at, objective, section: dict, find_unused_parameters: bool = False) -> dict[str, Any]:
+def _train(stage, ctx, model, optimizer, batch_at, objective, section: Training, schedule: str, held_out=None, find_unused_parameters: bool = False) -> dict[str, Any]:
+    """Train `model` as `section` says; afterwards it holds the weights the stage keeps (the
+    best evaluated step, else the Polyak average, else the last step)."""
+    set_regularisation(model, section.dropout, section.drop_path)
+    evaluate = None
+    if held_out is not None:
+        evaluate = partial(accuracy, images=held_out, image_size=section.image_size, ctx=ctx)
+    # TensorBoard is a log: rank 0 writes it, as it writes every other file
+    board = ctx.stage_dir(stage.key).path / "tensorboard" if ctx.run.tensorboard and ctx.world.is_main() else None
+    extras = StageExtras(model, section.steps, section.batch_size, section.ema, section.eval_every, section.keep, evaluate, board)
     settings = LoopSettings(
-        steps=section["steps"],
-        warmup_steps=section["warmup_steps"],
-        schedule=section["schedule"],
-        grad_clip=section["grad_clip"],
+        steps=section.steps,
+        warmup_steps=section.warmup_steps,
+        schedule=schedule,
+        grad_clip=section.grad_clip,
         log_every=ctx.run.log_every,
         checkpoint_seconds=ctx.run.checkpoint_seconds,
         checkpoint_steps=ctx.run.checkpoint_steps,
@@ -356,12 +390,18 @@ def _train(stage, ctx, model, optimizer, batch_at, objective, section: dict, fin
         accumulation=_split(ctx, section).accumulation,
         find_unused_parameters=find_unused_parameters,
     )
-    return train(model, optimizer, batch_at, objective, settings, ctx.placement, ctx.stage_dir(stage.key), stage.config["seed"], ctx.on_step, ctx.on_notice, ctx.world)
+    summary = train(model, optimizer, batch_at, objective, settings, ctx.placement, ctx.stage_dir(stage.key), stage.config["seed"], ctx.on_step, ctx.on_notice, ctx.world, extras.loop)
+    return {**summary, **extras.finish(model)}
 
 
-def _sigmoid_xent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """big_vision's sigmoid cross-entropy: per-class binary losses, summed over classes."""
+def _sigmoid_xent(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """big_vision's sigmoid cross-entropy: per-class binary losses, summed over classes.
+
+    logits: (B, K), labels: (B,). Label smoothing as for softmax: targets (1 − ε)·onehot + ε/K.
+    """
     targets = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+    if smoothing:
+        targets = targets * (1.0 - smoothing) + smoothing / logits.shape[-1]
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1).mean()
 
 

@@ -12,7 +12,7 @@ import math
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -25,6 +25,16 @@ from vitrun.engine.schedules import warmup_then_decay
 from vitrun.store import StageDir, read_metrics, write_atomic
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Extra(Protocol):
+    """Something that rides along the loop (vitrun/engine/ema.py, early_stop.py, tblog.py):
+    its state travels in the checkpoint (under its class name), so a resumed run is bit-identical."""
+
+    def after_step(self, step: int, model: nn.Module) -> None: ...  # after every optimiser step
+    def on_log(self, row: dict) -> None: ...  # every metrics.jsonl row
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,7 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
     on_notice: Callable[[str], None] | None = None,
     world: World | None = None,
+    extras: Sequence[Extra] = (),
 ) -> dict[str, float]:
     """Train `model` in place for `settings.steps` steps; returns summary metrics.
 
@@ -102,6 +113,10 @@ def train(
     start, kept = world.broadcast((start, kept))
     if start and not main:
         checkpoint.restore(stage_dir.checkpoint_file, model, optimizer, set_aside=False)
+    saved = kept.get("extras", {})  # by class: a run option (TensorBoard) may come or go on resume
+    for extra in extras:
+        if type(extra).__name__ in saved:
+            extra.load_state_dict(saved[type(extra).__name__])
     if start == 0:
         torch.manual_seed(seed)
     # What started the stage travels in its checkpoints: a resume on other software or hardware
@@ -132,7 +147,8 @@ def train(
 
     def save(at: int) -> None:
         if main:
-            checkpoint.save(stage_dir.checkpoint_file, model, optimizer, at, {"loss_sum": float(loss_sum), "loss_count": loss_count, "last_loss": last_loss, "env": started_with}, settings.keep_checkpoints)
+            state = {"loss_sum": float(loss_sum), "loss_count": loss_count, "last_loss": last_loss, "env": started_with, "extras": {type(e).__name__: e.state_dict() for e in extras}}
+            checkpoint.save(stage_dir.checkpoint_file, model, optimizer, at, state, settings.keep_checkpoints)
 
     def check_finite() -> None:
         """Raise Diverged on every rank alike (a meeting point: every rank calls it at one step)."""
@@ -159,6 +175,8 @@ def train(
                 first_bad = torch.where(newly_bad, step, first_bad)
                 bad_loss = torch.where(newly_bad, step_loss, bad_loss)
                 step += 1
+                for extra in extras:
+                    extra.after_step(step, model)
                 at_boundary = True
                 loss_sum, loss_count = loss_sum + step_loss, loss_count + 1
                 if step % settings.log_every == 0 or step == settings.steps:
@@ -166,8 +184,11 @@ def train(
                     # The one read-back per log window: the mean loss over ranks and steps.
                     window = float(world.sum(loss_sum)) / world.size / loss_count
                     last_loss = float(world.sum(step_loss)) / world.size
+                    row = {"step": step, "loss": window, "lr": base_lrs[0] * scale, "grad_norm": float(grad_norm)}
                     if main:
-                        _log(stage_dir, {"step": step, "loss": window, "lr": base_lrs[0] * scale, "grad_norm": float(grad_norm)})
+                        _log(stage_dir, row)
+                    for extra in extras:
+                        extra.on_log(row)
                     loss_sum, loss_count = torch.zeros_like(loss_sum), 0
                 if on_step:
                     on_step(step, last_loss)

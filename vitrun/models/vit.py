@@ -150,6 +150,24 @@ class DropPath(nn.Module):
         return f"rate={self.rate:g}"
 
 
+def set_regularisation(model: nn.Module, dropout: float, drop_path: float) -> None:
+    """Set a built model's dropout rate and stochastic depth for the stage that trains it.
+
+    They are training hyper-parameters (Table 3 ties dropout to the stage: 0.1 pre-training on
+    ImageNet/-21k, 0 fine-tuning), set per stage in [pretrain]/[finetune], not architecture:
+    every `nn.Dropout` gets `dropout`; the `DropPath` rates grow linearly over the blocks from 0
+    to `drop_path` (timm/DeiT), as `VisionTransformer.__init__` lays them out. Works on any
+    module holding a ViT (hybrid, masked-patch wrapper); a ResNet has neither: unchanged.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = dropout
+    paths = [module for module in model.modules() if isinstance(module, DropPath)]
+    rates = torch.linspace(0, drop_path, len(paths), device="cpu").tolist() if paths else []
+    for module, rate in zip(paths, rates):
+        module.rate = rate
+
+
 class Block(nn.Module):
     """Pre-norm encoder block (Eq. 2–3): x + MSA(LN(x)), then x + MLP(LN(x))."""
 
