@@ -100,7 +100,7 @@ class DataFields(Section):
     test_fraction: Optional[Fraction] = Field(None, description="share of train held out as test when a source has no test split; default 0.2")
     eval_size: Optional[Images] = Field(None, description="images held out as test when a source has no test split; default test_fraction of train, at most 50,000")
     dev_fraction: Optional[Fraction] = Field(None, description="held-out share of train for learning-rate selection; default per dataset")
-    crop: Optional[Literal["inception", "resize"]] = Field(None, description="training crop; default inception for pre-training, resize for fine-tuning real images")
+    crop: Optional[Literal["inception", "resize"]] = Field(None, description="training crop; default inception (5-100% of the area, as vit_jax and big_vision), resize: shorter side to the target, random square crop")
 
     @model_serializer(mode="wrap")
     def _drop_unset_options(self, handler):
@@ -131,6 +131,10 @@ class PretrainConfig(DataFields):
     steps: Optional[Steps] = None
     batch_size: Batch = 4096
     lr: PositiveFloat = 1e-3
+    # Decoupled decay as vit_jax and PyTorch's AdamW apply it: each step shrinks kernels by
+    # lr(t) · weight_decay, lr(t) the scheduled rate including the base lr. big_vision's `wd`
+    # is scaled by the schedule but NOT by the base lr: to port a big_vision config use
+    # weight_decay = wd / lr (its wd = 1e-4 at lr = 1e-3 is weight_decay = 0.1 here).
     weight_decay: float = Field(0.1, ge=0)
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     warmup_steps: Steps = 10_000
@@ -151,7 +155,32 @@ class PretrainConfig(DataFields):
     def _steps_given(self) -> "PretrainConfig":
         if self.steps is None and self.objective != "scratch":
             raise ValueError('steps is missing: give the number of pre-training steps (only objective = "scratch" goes without)')
+        if self.steps and self.objective != "scratch":
+            check_warmup("pretrain", self.steps, self.warmup_steps)
         return self
+
+
+def check_warmup(section: str, steps: int, warmup_steps: int) -> None:
+    """A warm-up as long as the run never reaches the peak rate nor decays: a recipe error."""
+    if warmup_steps >= steps:
+        raise ValueError(f"warmup_steps = {warmup_steps} is not below steps = {steps}: the run would end inside its warm-up; "
+                         f"set {section}.warmup_steps below steps, e.g. {max(1, steps // 10)} (the paper warms up for 10k of its ≥ 100k pre-training steps)")
+
+
+# Fine-tuning warm-up when a recipe gives none: the official vit_jax default (500 steps), and
+# big_vision's 100 for its 500-step runs (Pets, Flowers). Shorter runs than big_vision ever
+# makes get a tenth of their steps (vitrun's choice: no official run is that short).
+FINETUNE_WARMUP = 500
+FINETUNE_WARMUP_SHORT = 100  # runs of at most 500 steps
+
+
+def finetune_warmup(steps: int, warmup_steps: Optional[int]) -> int:
+    """The warm-up a fine-tuning run uses: the recipe's, else the official default for its length."""
+    if warmup_steps is not None:
+        return warmup_steps
+    if steps > FINETUNE_WARMUP:
+        return FINETUNE_WARMUP
+    return FINETUNE_WARMUP_SHORT if steps > FINETUNE_WARMUP_SHORT else steps // 10
 
 
 LEARNING_RATES = (0.001, 0.003, 0.01, 0.03)  # the paper's fine-tuning grid (ImageNet: 0.003 … 0.06)
@@ -178,9 +207,12 @@ class FinetuneConfig(Section):
     # split, App. B.1.1): the best is retrained on the whole training split and tested.
     lr: Union[PositiveFloat, list[PositiveFloat]] = Field(default_factory=lambda: list(LEARNING_RATES))
     momentum: float = Field(0.9, ge=0, lt=1)
-    warmup_steps: Steps = 500
+    # Default (unset): 500, or 100 for runs of at most 500 steps, as the official code
+    # (`finetune_warmup`); the stage config records the number used, so a recipe that
+    # writes the default out keeps the same stage keys as one that leaves it unset.
+    warmup_steps: Optional[Steps] = None
     grad_clip: Optional[PositiveFloat] = 1.0
-    image_size: Optional[ImageSize] = Field(None, description="default: the pre-training resolution")
+    image_size: Optional[ImageSize] = Field(None, description="default: 384 for real datasets (Table 4; rounded down to whole patches), the pre-training resolution for embedded ones")
     # How position embeddings follow a new resolution: bilinear as the official code
     # (scipy zoom, corners to corners), or bicubic.
     pos_embed_resample: Literal["bilinear", "bicubic"] = "bilinear"
@@ -189,6 +221,11 @@ class FinetuneConfig(Section):
     save_weights: bool = False
 
     _lr = field_validator("lr")(_one_or_distinct)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "FinetuneConfig":
+        check_warmup("finetune", self.steps, finetune_warmup(self.steps, self.warmup_steps))
+        return self
 
     @model_serializer(mode="wrap")
     def _drop_default_save(self, handler):

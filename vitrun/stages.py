@@ -27,6 +27,10 @@ from vitrun.paper.real import PREDICTIONS_FILE, predictions_bytes
 from vitrun.store import StageDir, Store, write_atomic
 
 EVAL_BATCH = 256
+# Fine-tuned models are scored on vit_jax's evaluation view (the whole image resized to the
+# fine-tuning resolution), the pipeline their training crop comes from; pre-training tests and
+# few-shot features keep the centre crop (big_vision's few-shot view is a central crop too).
+FINETUNE_EVAL_VIEW = "full"
 
 
 @dataclass
@@ -156,7 +160,7 @@ def finetune_dev(stage: Stage, ctx: Context) -> dict[str, Any]:
     ds = ctx.dataset(t, f["image_size"], t["classes"], t["per_class"])
     fraction, (train_part, dev_part) = _dev_split(t, ds.train)
     model, summary = _finetuned(stage, ctx, train_part, ds.num_classes, f["lr"])
-    return {**summary, "accuracy": accuracy(model, dev_part, f["image_size"], ctx), "lr": f["lr"], "dev_fraction": fraction, "train_images": len(train_part), "dev_images": len(dev_part)}
+    return {**summary, "accuracy": accuracy(model, dev_part, f["image_size"], ctx, FINETUNE_EVAL_VIEW), "lr": f["lr"], "dev_fraction": fraction, "train_images": len(train_part), "dev_images": len(dev_part)}
 
 
 def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
@@ -177,7 +181,7 @@ def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
             if ctx.on_notice:
                 ctx.on_notice(f"{stage.data}: {warning}")
     model, summary = _finetuned(stage, ctx, ds.train, ds.num_classes, lr)
-    predicted = predictions(model, ds.test, f["image_size"], ctx)
+    predicted = predictions(model, ds.test, f["image_size"], ctx, FINETUNE_EVAL_VIEW)
     # kept for metrics computed later from other labels (ImageNet-ReaL: `vitrun report --real`)
     write_atomic(ctx.stage_dir(stage.key).path / PREDICTIONS_FILE, predictions_bytes(predicted.tolist()))
     if f.get("save_weights"):  # for `vitrun evaluate` and `vitrun export`
@@ -210,7 +214,7 @@ def _finetuned(stage: Stage, ctx: Context, images, num_classes: int, lr: float) 
     model.set_image_size(f["image_size"], mode=f["pos_embed_resample"])
     model.to(ctx.placement.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=f["momentum"], weight_decay=0.0)
-    section = {**f, "schedule": "cosine", "crop": t.get("crop") or _default_finetune_crop(t["data"])}
+    section = {**f, "schedule": "cosine", "crop": t.get("crop") or "inception"}
     summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, images, section), supervised(F.cross_entropy), section)
     return model, summary
 
@@ -293,17 +297,12 @@ def _dev_split(transfer: dict[str, Any], train):
     return fraction, sources.dev_split(train, fraction, SPLIT_SEED)
 
 
-def _default_finetune_crop(source: str) -> str:
-    """The paper's fine-tuning crop is "resize" (shorter side to the target, random crop, flip).
-
-    Embedded images are generated square at the target size, where that crop is only a
-    flip; they keep the inception crop the quickstart was measured with.
-    """
-    return "inception" if data.is_embedded(source) else "resize"
-
-
 def _loader_for(stage: Stage, ctx: Context, images, section: dict):
-    """`batch_at(step)` over `images` for a training section ([pretrain] or [finetune])."""
+    """`batch_at(step)` over `images` for a training section ([pretrain] or [finetune]).
+
+    The training crop is the inception crop for both (vit_jax's fine-tuning pipeline and
+    big_vision's: a random 5-100% of the area, resized, flipped) unless the data's `crop` says.
+    """
     crop = section.get("crop") or "inception"
     return loader.train_batches(images, section["image_size"], section["batch_size"], section["steps"], stage.config["seed"], crop, ctx.loader_settings())
 
@@ -326,8 +325,8 @@ def _sigmoid_xent(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1).mean()
 
 
-def _device_batches(images, image_size: int, ctx: Context):
-    for x, y in loader.eval_batches(images, image_size, EVAL_BATCH, ctx.loader_settings()):
+def _device_batches(images, image_size: int, ctx: Context, view: str = "center"):
+    for x, y in loader.eval_batches(images, image_size, EVAL_BATCH, ctx.loader_settings(), view):
         yield x.to(ctx.placement.device), y
 
 
@@ -347,24 +346,24 @@ def features(model: nn.Module, images, image_size: int, ctx: Context) -> torch.T
 
 
 @torch.no_grad()
-def predictions(model: nn.Module, images, image_size: int, ctx: Context) -> torch.Tensor:
+def predictions(model: nn.Module, images, image_size: int, ctx: Context, view: str = "center") -> torch.Tensor:
     """The predicted class of each image, int64 (N,), in the split's order; argmax taken per
     batch on the device, so memory holds one batch of logits, never all of them."""
     model.eval()
     out = []
-    for x, _ in _device_batches(images, image_size, ctx):
+    for x, _ in _device_batches(images, image_size, ctx, view):
         with ctx.placement.autocast():
             out.append(model(x).argmax(1))
     return torch.cat(out).cpu()
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images, image_size: int, ctx: Context) -> float:
+def accuracy(model: nn.Module, images, image_size: int, ctx: Context, view: str = "center") -> float:
     """Top-1 accuracy, counted per batch on the device: memory stays one batch of logits
     (all logits of a 50k-image, 21k-class test set would be 4 GB)."""
     model.eval()
     hits = torch.zeros((), dtype=torch.int64, device=ctx.placement.device)
-    for x, y in _device_batches(images, image_size, ctx):
+    for x, y in _device_batches(images, image_size, ctx, view):
         with ctx.placement.autocast():
             hits += (model(x).argmax(1) == y.to(x.device)).sum()
     return hits.item() / len(images)
