@@ -68,7 +68,9 @@ def main():
 @click.option("--shard", callback=_parse_shard, metavar="I/N", help="Run only shard I of N (1-based); independent jobs sharing --results merge with no extra step.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), envvar="VITRUN_CACHE", help="Where generated datasets are cached [env VITRUN_CACHE; default ~/.cache/vitrun].")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first stage that fails or diverges (default: go on with every stage whose parents are done, then exit 1).")
-def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast):
+@click.option("--smoke", is_flag=True, help="Check the recipe end to end in minutes: every dataset replaced by embedded fractals with as many classes (at most 10), tiny images, 3 steps per stage, models shrunk within their family; results under <name>-smoke.")
+@click.option("--gpu", type=click.Choice(["h100", "a100", "v100"]), default="a100", show_default=True, help="With --dry-run: also estimate each stage's time on this GPU (peak bf16 FLOP/s × 40% utilisation).")
+def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast, smoke, gpu):
     """Run RECIPE (a path, or a built-in name such as `quickstart`) and print its report.
 
     The recipe's [sweep] expands into stages (pre-train → fine-tune / few-shot). Finished
@@ -80,16 +82,20 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast)
     from vitrun.store import Store
 
     try:
-        loaded = load(recipe, overrides)
+        loaded = load(recipe, overrides, smoke=smoke, offline=dry_run)
     except RecipeError as err:
         _fail(str(err))
+    for warning in loaded.warnings:
+        click.echo(f"warning: {warning}", err=True)
     stages = planning.plan(loaded.variants)
     if shard:
         stages = planning.shard(stages, *shard)
     store = Store(results)
     console = _console()
     if dry_run:
-        console.print(_plan_table(loaded.name, stages, store, loaded.swept_keys()))
+        for note in loaded.notes:
+            console.print(note, soft_wrap=True)
+        console.print(_plan_table(loaded.name, stages, store, loaded.swept_keys(), gpu=gpu))
         return
     from vitrun.engine import Interrupted
     from vitrun.runner import ResultsUnwritable, print_summary, run_plan
@@ -680,28 +686,42 @@ def _first_comment(path: Path) -> str:
     return ""
 
 
-def _plan_table(experiment: str, stages, store, swept=()):
+def _plan_table(experiment: str, stages, store, swept=(), gpu: str = "a100"):
     from rich.table import Table
 
+    from vitrun import estimate
     from vitrun.stages import training_flops
 
+    device = "cuda" if _has_cuda() else "cpu"
+    rates = estimate.measured_flops_per_second(stages, device)
     table = Table(title=f"Plan for {experiment}: {len(stages)} stages", title_justify="left", header_style="bold")
-    columns = [("kind", "left"), ("model", "left"), ("data", "left"), ("size", "right"), ("status", "left"), ("est. FLOPs", "right"), ("key", "left")]
+    columns = [("kind", "left"), ("model", "left"), ("data", "left"), ("size", "right"), ("status", "left"), ("est. FLOPs", "right"),
+               (f"time ({device})", "right"), (f"time ({gpu})", "right"), ("key", "left")]
     if swept:
         columns.insert(2, ("variant", "left"))
     for name, justify in columns:
         table.add_column(name, justify=justify, style="dim" if name == "key" else None)
     colours = {"done": "green", "diverged": "red", "failed": "red", "broken": "red", "partial": "yellow", "todo": "white"}
-    total = 0.0
+    total, here, by_kind = 0.0, 0.0, {}
     for stage in stages:
         status = store.stage(experiment, stage.key).status()
         flops = training_flops(stage)
-        total += flops if status not in ("done", "diverged") else 0.0
-        cells = [stage.kind, stage.model, stage.detail, stage.size_label, f"[{colours[status]}]{status}[/]", f"{flops:.2e}" if flops else "–", stage.key]
+        seconds = estimate.stage_seconds_here(stage, flops, rates)
+        if status not in ("done", "diverged"):
+            total += flops
+            here += seconds or 0.0
+            by_kind[stage.kind] = by_kind.get(stage.kind, 0.0) + flops
+        cells = [stage.kind, stage.model, stage.detail, stage.size_label, f"[{colours[status]}]{status}[/]", estimate.flops_text(flops),
+                 estimate.duration(seconds), estimate.duration(estimate.gpu_seconds(flops, gpu)) if flops else "–", stage.key]
         if swept:
             cells.insert(2, stage.variant(swept))
         table.add_row(*cells)
-    table.caption = f"to run: {total:.2e} FLOPs (training; evaluation not counted)"
+    kinds = ", ".join(f"{kind} {estimate.flops_text(f)}" for kind, f in by_kind.items() if f)
+    gpu_hours = estimate.gpu_seconds(total, gpu) / 3600
+    table.caption = (f"to run: {estimate.flops_text(total)}{f' ({total:.2e} FLOPs)' if total >= 1e15 else ' FLOPs'} of training (evaluation not counted){f'; {kinds}' if kinds else ''}\n"
+                     f"here ({device}): {estimate.duration(here)}, from one timed training step of each model (at most {estimate.MEASURE_MAX_IMAGE} px), scaled by FLOPs; "
+                     f"one {estimate.GPUS[gpu].name}: {estimate.duration(estimate.gpu_seconds(total, gpu))} = {gpu_hours:.3g} GPU-hours "
+                     f"(peak {estimate.GPUS[gpu].peak_flops / 1e12:.0f} TFLOP/s × {estimate.ASSUMED_MFU:.0%} assumed utilisation)")
     return table
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from vitrun import epochs
 from vitrun.schema import ModelConfig, Recipe
 
 if sys.version_info >= (3, 11):
@@ -45,6 +46,8 @@ class LoadedRecipe:
     sweeps: list[dict[str, list[Any]]]  # one per [sweep] table: canonical dotted key -> values
     variants: list[Recipe]  # the union of each sweep table's Cartesian product, validated
     overrides: tuple[str, ...] = ()  # the --set items applied, as given
+    warnings: tuple[str, ...] = ()  # problems a dry run or smoke run goes on with (an unreachable hub dataset)
+    notes: tuple[str, ...] = ()  # conversions made on load, e.g. epochs to steps
 
     @property
     def run_label(self) -> str:
@@ -74,25 +77,41 @@ def resolve_path(name_or_path: str) -> Path:
     raise RecipeError(f"{name_or_path}: no such file or built-in recipe{_suggest(stem, names)}; `vitrun ls` lists the built-in ones")
 
 
-def load(name_or_path: str, overrides: typing.Sequence[str] = ()) -> LoadedRecipe:
+def load(name_or_path: str, overrides: typing.Sequence[str] = (), smoke: bool = False, offline: bool = False) -> LoadedRecipe:
+    """Read, override, expand and validate a recipe.
+
+    smoke: shrink it first (`vitrun recipe --smoke`, see vitrun/smoke.py).
+    offline: a remote dataset that cannot be reached is a warning, not an error (--dry-run,
+    --smoke: they read no data); local paths that do not exist still stop the load.
+    """
     path = resolve_path(name_or_path)
     raw = _read_toml(path)
     for item in overrides:
         _apply_override(path, raw, item)
     raw.setdefault("name", path.stem)
+    if smoke:
+        from vitrun import smoke as smoke_mode
+
+        raw = smoke_mode.shrink(raw)
+    warnings: list[str] = [] if offline or smoke else None
     sweeps = _read_sweeps(path, raw)
     body = {k: v for k, v in raw.items() if k != "sweep"}
-    variants, seen = [], set()
+    variants, seen, notes = [], set(), []
     for label, sweep in sweeps:
         for values in itertools.product(*sweep.values()):
             variant = copy.deepcopy(body)
             for key, value in zip(sweep, values):
                 _set_dotted(variant, key.split("."), value)
+            try:
+                notes += epochs.resolve(variant)
+            except epochs.EpochsError as err:
+                raise RecipeError(f"{path}: {err}") from None
             fingerprint = json.dumps(variant, sort_keys=True, default=str)
             if fingerprint not in seen:  # [[sweep]] tables may overlap: each variant once
                 seen.add(fingerprint)
-                variants.append(_validate(path, variant, sweep, label))
-    loaded = LoadedRecipe(path=path, name=str(raw["name"]), raw=raw, sweeps=[s for _, s in sweeps], variants=variants, overrides=tuple(overrides))
+                variants.append(_validate(path, variant, sweep, label, warnings))
+    loaded = LoadedRecipe(path=path, name=str(raw["name"]), raw=raw, sweeps=[s for _, s in sweeps], variants=variants, overrides=tuple(overrides),
+                          warnings=tuple(dict.fromkeys(warnings or ())), notes=tuple(dict.fromkeys(notes)))
     _check_report_columns(loaded)
     return loaded
 
@@ -215,12 +234,12 @@ def _set_dotted(tree: dict[str, Any], parts: list[str], value: Any) -> None:
 
 # -- validation ------------------------------------------------------------------------
 
-def _validate(path: Path, variant: dict[str, Any], sweep: dict[str, list[Any]], label: str = "sweep") -> Recipe:
+def _validate(path: Path, variant: dict[str, Any], sweep: dict[str, list[Any]], label: str = "sweep", warnings: list[str] | None = None) -> Recipe:
     try:
         recipe = Recipe.model_validate(variant)
     except ValidationError as err:
         raise RecipeError(f"{path}: {_describe(err, sweep, label)}") from None
-    _check_sources(path, recipe)
+    _check_sources(path, recipe, warnings)
     _check_shots(path, recipe)
     return recipe
 
@@ -262,7 +281,7 @@ def _images_per_class_at_least(transfer, k: int) -> int | None:
     return None
 
 
-def _check_sources(path: Path, recipe: Recipe) -> None:
+def _check_sources(path: Path, recipe: Recipe, warnings: list[str] | None = None) -> None:
     """Every data source of the recipe exists and opens here (see vitrun/data/sources.py).
 
     Runs for `vitrun validate` and before `vitrun recipe` writes anything: local files are
@@ -277,7 +296,18 @@ def _check_sources(path: Path, recipe: Recipe) -> None:
         try:
             data.check(section.data, data.SourceOptions.of(section.model_dump()), os.environ.get("VITRUN_CACHE"))
         except data.SourceError as err:
+            if warnings is not None and _remote(section.data):
+                warnings.append(f"{path}: {where}.{err.key}: {err} (a real run stops here)")
+                continue
             raise RecipeError(f"{path}: {where}.{err.key}: {err}") from None
+
+
+def _remote(source: str) -> bool:
+    """A dataset fetched over the network (hub id, torchvision download), not a local path."""
+    kind, _, target = source.partition(":")
+    if kind == "torchvision":
+        return True
+    return kind == "hf" and not target.startswith(("/", ".", "~")) and not Path(target.split(":")[0]).expanduser().exists()
 
 
 def _describe(err: ValidationError, sweep: dict[str, list[Any]], label: str) -> str:

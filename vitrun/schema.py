@@ -110,6 +110,8 @@ class DataFields(Section):
                 del dumped[name]
         if dumped.get("name", "") is None:  # an unnamed set keeps the stage keys it had
             del dumped["name"]
+        if dumped.get("epochs", 0) is None:  # converted to steps on load (vitrun/epochs.py)
+            del dumped["epochs"]
         return dumped
 
 
@@ -129,6 +131,9 @@ class PretrainConfig(DataFields):
     # 0: no pre-training; the initial weights (`model.init`, else a seeded random
     # initialisation) go to the transfer stages as they are. Required unless objective = "scratch".
     steps: Optional[Steps] = None
+    # Or the budget as the paper states it: passes over the training split, turned into steps
+    # (ceil(epochs × images / batch_size)) when the recipe loads (vitrun/epochs.py).
+    epochs: Optional[PositiveFloat] = Field(None, description="instead of steps: passes over the training split")
     batch_size: Batch = 4096
     lr: PositiveFloat = 1e-3
     # Decoupled decay as vit_jax and PyTorch's AdamW apply it: each step shrinks kernels by
@@ -154,7 +159,7 @@ class PretrainConfig(DataFields):
     @model_validator(mode="after")
     def _steps_given(self) -> "PretrainConfig":
         if self.steps is None and self.objective != "scratch":
-            raise ValueError('steps is missing: give the number of pre-training steps (only objective = "scratch" goes without)')
+            raise ValueError('steps is missing: give the number of pre-training steps or epochs (only objective = "scratch" goes without)')
         if self.steps and self.objective != "scratch":
             check_warmup("pretrain", self.steps, self.warmup_steps)
         return self
@@ -202,6 +207,7 @@ class FinetuneConfig(Section):
     """`[finetune]`: transfer by fine-tuning (SGD momentum 0.9, cosine, clip 1; App. B.1.1)."""
 
     steps: PositiveSteps
+    epochs: Optional[PositiveFloat] = Field(None, description="instead of steps: passes over the training split, converted on load")
     batch_size: Batch = 512
     # One rate, or a list scored on the dev split (a held-out `dev_fraction` of the training
     # split, App. B.1.1): the best is retrained on the whole training split and tested.
@@ -230,6 +236,8 @@ class FinetuneConfig(Section):
     @model_serializer(mode="wrap")
     def _drop_default_save(self, handler):
         dumped = handler(self)
+        if dumped.get("epochs", 0) is None:  # converted to steps on load (vitrun/epochs.py)
+            del dumped["epochs"]
         if not dumped.get("save_weights"):
             dumped.pop("save_weights", None)  # results from before this option keep their keys
         return dumped
