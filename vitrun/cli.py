@@ -171,12 +171,14 @@ def report_cmd(results, experiment, fmt, out_dir, paper, check, real_labels, fig
 
 @main.command("ls")
 def ls_cmd():
-    """List the built-in recipes, one line each."""
-    from vitrun.recipe import builtin_recipes
+    """List the built-in recipes, one line each: name, folder, description."""
+    from rich.markup import escape
+
+    from vitrun.catalogue import entries
 
     console = _console()
-    for path in builtin_recipes():
-        console.print(f"[cyan]{path.stem:<20}[/cyan] {_first_comment(path)}")
+    for entry in entries():
+        console.print(f"[cyan]{entry.name:<22}[/cyan] [dim]{entry.group:<6}[/dim] {escape(entry.description)}", soft_wrap=True)
 
 
 @main.command("cp")
@@ -184,10 +186,10 @@ def ls_cmd():
 @click.argument("dest", type=click.Path(dir_okay=True))
 def cp_cmd(name, dest):
     """Copy built-in recipe NAME to DEST (a file or a folder) to edit it."""
-    from vitrun.recipe import BUILTIN_DIR, builtin_recipes
+    from vitrun.recipe import builtin, builtin_recipes
 
-    source = BUILTIN_DIR / f"{name.removesuffix('.toml')}.toml"
-    if not source.is_file():
+    source = builtin(name)
+    if source is None:
         import difflib
 
         close = difflib.get_close_matches(name, [p.stem for p in builtin_recipes()], n=1)
@@ -677,14 +679,6 @@ def _options(items, allowed: tuple[str, ...] | None = None) -> dict:
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-def _first_comment(path: Path) -> str:
-    for line in path.read_text().splitlines():
-        text = line.lstrip("#").strip()
-        if line.startswith("#") and text:
-            return text
-    return ""
-
 
 def _plan_table(experiment: str, stages, store, swept=(), gpu: str = "a100"):
     from rich.table import Table

@@ -111,7 +111,9 @@ def duration(seconds: float | None) -> str:
         return f"{seconds / 60:.0f} min"
     if seconds < 48 * 3600:
         return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
+    if seconds < 730 * 86400:
+        return f"{seconds / 86400:.1f} d"
+    return f"{seconds / 86400 / 365:.0f} years"
 
 
 def flops_text(flops: float) -> str:

@@ -108,7 +108,9 @@ def _variant_stages(recipe: Recipe) -> list[Stage]:
     pretrain = make_stage("pretrain", upstream)
     out = [pretrain]
     for transfer in recipe.transfer:
-        base = {**upstream, "transfer": {**transfer.model_dump(mode="json"), "name": transfer.label}}
+        # `shots` picks which few-shot stages exist; each keeps its own count in [fewshot]
+        dataset = {k: v for k, v in transfer.model_dump(mode="json").items() if k != "shots"}
+        base = {**upstream, "transfer": {**dataset, "name": transfer.label}}
         if recipe.finetune:
             finetune = recipe.finetune.model_dump(mode="json")
             finetune["image_size"] = finetune["image_size"] or finetune_image_size(recipe, transfer.data)
@@ -122,7 +124,7 @@ def _variant_stages(recipe: Recipe) -> list[Stage]:
             parents = (pretrain.key, *(t.key for t in trials)) if len(trials) > 1 else (pretrain.key,)
             out.append(make_stage("finetune", {**base, "finetune": finetune}, parents))
         if recipe.fewshot:
-            for shots in recipe.fewshot.shots:
+            for shots in transfer.shots or recipe.fewshot.shots:
                 fewshot = {**recipe.fewshot.model_dump(mode="json"), "shots": shots}
                 out.append(make_stage("fewshot", {**base, "fewshot": fewshot}, (pretrain.key,)))
     return out

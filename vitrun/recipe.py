@@ -61,7 +61,15 @@ class LoadedRecipe:
 
 
 def builtin_recipes() -> list[Path]:
-    return sorted(BUILTIN_DIR.glob("*.toml"))
+    """Every built-in recipe: recipes/*.toml, then the full-scale recipes/paper/ and the CPU
+    miniatures recipes/mini/ (names are unique across folders: a recipe is found by name)."""
+    return sorted(BUILTIN_DIR.rglob("*.toml"), key=lambda p: (len(p.relative_to(BUILTIN_DIR).parts), str(p.parent), p.name))
+
+
+def builtin(name: str) -> Path | None:
+    """The built-in recipe called `name` (with or without `.toml`), in any of its folders."""
+    stem = name[:-5] if name.endswith(".toml") else name
+    return next((p for p in builtin_recipes() if p.stem == stem), None)
 
 
 def resolve_path(name_or_path: str) -> Path:
@@ -70,9 +78,9 @@ def resolve_path(name_or_path: str) -> Path:
     if path.is_file():
         return path
     stem = path.name[:-5] if path.name.endswith(".toml") else path.name
-    builtin = BUILTIN_DIR / f"{stem}.toml"
-    if path.parent == Path(".") and builtin.is_file():
-        return builtin
+    found = builtin(stem)
+    if path.parent == Path(".") and found is not None:
+        return found
     names = [p.stem for p in builtin_recipes()]
     raise RecipeError(f"{name_or_path}: no such file or built-in recipe{_suggest(stem, names)}; `vitrun ls` lists the built-in ones")
 
@@ -249,11 +257,13 @@ def _check_shots(path: Path, recipe: Recipe) -> None:
     is known without loading (generators, `per_class`, local folders), not after pre-training."""
     if not recipe.fewshot:
         return
-    k = max(recipe.fewshot.shots)
     for i, transfer in enumerate(recipe.transfer):
+        k = max(transfer.shots or recipe.fewshot.shots)
         have = _images_per_class_at_least(transfer, k)
         if have is not None and have < k:
-            raise RecipeError(f"{path}: fewshot.shots: {k} shots per class, but transfer[{i}] ({transfer.label}) has only {have} training images in a class; lower the shots or give the class more images")
+            key = f"transfer[{i}].shots" if transfer.shots else "fewshot.shots"
+            raise RecipeError(f"{path}: {key}: {k} shots per class, but transfer[{i}] ({transfer.label}) has only {have} training images in a class; "
+                              f"lower the shots (for this dataset alone: [[transfer]] shots = [...]) or give the class more images")
 
 
 def _images_per_class_at_least(transfer, k: int) -> int | None:
@@ -278,6 +288,11 @@ def _images_per_class_at_least(transfer, k: int) -> int | None:
             return None  # reported by the source check
         # One tree: a test share is carved out of it later, so this count is an upper bound.
         return min(folder.count_images(splits["train"] / name, k) for name in folder.classes(splits["train"]))
+    from vitrun.data import known
+
+    holds = known.lookup(transfer.data)
+    if holds is not None and not (transfer.train_split or transfer.config):  # its default training split
+        return holds.min_per_class
     return None
 
 

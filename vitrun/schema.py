@@ -110,8 +110,9 @@ class DataFields(Section):
                 del dumped[name]
         if dumped.get("name", "") is None:  # an unnamed set keeps the stage keys it had
             del dumped["name"]
-        if dumped.get("epochs", 0) is None:  # converted to steps on load (vitrun/epochs.py)
-            del dumped["epochs"]
+        for key in ("epochs", "shots"):  # epochs: converted to steps on load (vitrun/epochs.py)
+            if key in dumped and dumped[key] is None:
+                del dumped[key]
         return dumped
 
 
@@ -260,6 +261,9 @@ class TransferConfig(DataFields):
 
     name: Optional[str] = None
     per_class: Optional[Images] = None
+    # Few-shot shot counts for this dataset alone (default: [fewshot] shots), e.g. [1, 5, 10] for
+    # Flowers-102, whose training split has 10 images per species.
+    shots: Optional[list[Annotated[int, Field(gt=0, le=100_000)]]] = Field(None, min_length=1, max_length=100)
 
     @property
     def label(self) -> str:

@@ -93,6 +93,8 @@ def shrink(raw: dict[str, Any]) -> dict[str, Any]:
         if analysis.get("data") and ":" in analysis["data"]:
             analysis["data"] = "fractal"
         analysis["images"] = min(analysis.get("images", 8), 8)
+    # Tiny models on one thread: splitting 64-wide matrices over cores costs more than it gains.
+    out.setdefault("run", {})["threads"] = 1
     for table in _sweep_tables(out):
         _shrink_sweep(table, pretrain)
     return out

@@ -19,14 +19,15 @@ class Known:
     name: str  # the paper's name
     classes: int
     train_images: int
+    min_per_class: int | None = None  # training images of the smallest class (few-shot needs k)
 
 
 _IN21K = Known("ImageNet-21k", 21_841, 14_197_122 - 472_840)
-_IN1K = Known("ImageNet", 1_000, 1_281_167)
-_C10 = Known("CIFAR-10", 10, 50_000)
-_C100 = Known("CIFAR-100", 100, 50_000)
-_PETS = Known("Pets", 37, 3_680)
-_FLOWERS = Known("Flowers", 102, 1_020)
+_IN1K = Known("ImageNet", 1_000, 1_281_167, 732)
+_C10 = Known("CIFAR-10", 10, 50_000, 5_000)
+_C100 = Known("CIFAR-100", 100, 50_000, 500)
+_PETS = Known("Pets", 37, 3_680, 93)
+_FLOWERS = Known("Flowers", 102, 1_020, 10)  # the train split: 10 images of every species
 
 # `data` values (KIND:TARGET, config and options aside) -> what they hold.
 KNOWN: dict[str, Known] = {
