@@ -148,6 +148,9 @@ def _shrink_sweep(table: dict[str, Any], pretrain: dict[str, Any]) -> None:
         "finetune.warmup_steps": lambda vs: [1 for _ in vs],
     }
     for key in list(table):
+        if key.startswith("model.") and key[len("model."):] in _SIZE_OPTIONS:
+            del table[key]  # the tiny model's own sizes (ViT-b/32's halved width is ViT-Mu's)
+            continue
         if key in rules and isinstance(table[key], list):
             table[key] = rules[key](table[key])
     if "pretrain.epochs" in table:  # steps replace epochs
