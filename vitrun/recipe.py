@@ -101,7 +101,7 @@ def load(name_or_path: str, overrides: typing.Sequence[str] = (), smoke: bool = 
         from vitrun import smoke as smoke_mode
 
         raw = smoke_mode.shrink(raw)
-    warnings: list[str] = [] if offline or smoke else None
+    warnings: list[str] | None = [] if offline or smoke else None  # None: every source problem is an error
     sweeps = _read_sweeps(path, raw)
     body = {k: v for k, v in raw.items() if k != "sweep"}
     variants, seen, notes = [], set(), []
