@@ -152,7 +152,7 @@ def test_expect_and_check(tmp_path):
 
 def test_expect_is_validated_with_the_recipe(tmp_path):
     path = tmp_path / "r.toml"
-    base = 'name = "r"\n[model]\nname = "ViT-Mu/4"\n[pretrain]\nsteps = 1\n'
+    base = 'name = "r"\n[model]\nname = "ViT-Mu/4"\n[pretrain]\nsteps = 1\nwarmup_steps = 0\n'
     path.write_text(base + '[[expect]]\nmodel = "ViT-Mu/4"\ntarget = 50.0\ntolerance = 1.0\ntolerence = 1.0\n')
     result = _invoke("validate", path)
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1 and "expect[0].tolerence" in result.output

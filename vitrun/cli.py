@@ -72,7 +72,9 @@ def main():
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), envvar="VITRUN_CACHE", help="Where generated datasets are cached [env VITRUN_CACHE; default ~/.cache/vitrun].")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first stage that fails or diverges (default: go on with every stage whose parents are done, then exit 1).")
 @click.option("--nproc-per-node", "nproc", type=click.IntRange(1, 1024), help="Train data-parallel on N processes on this machine (one per GPU; gloo on CPU): re-runs this command under torchrun. Several nodes: start `torchrun … -m vitrun recipe` yourself (README).")
-def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast, nproc):
+@click.option("--smoke", is_flag=True, help="Check the recipe end to end in minutes: every dataset replaced by embedded fractals with as many classes (at most 10), tiny images, 3 steps per stage, models shrunk within their family; results under <name>-smoke.")
+@click.option("--gpu", type=click.Choice(["h100", "a100", "v100"]), default="a100", show_default=True, help="With --dry-run: also estimate each stage's time on this GPU (peak bf16 FLOP/s × 40% utilisation).")
+def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu):
     """Run RECIPE (a path, or a built-in name such as `quickstart`) and print its report.
 
     The recipe's [sweep] expands into stages (pre-train → fine-tune / few-shot). Finished
@@ -86,9 +88,11 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
 
     main_rank = distributed.env_rank() == 0  # under torchrun only rank 0 prints
     try:
-        loaded = load(recipe, overrides)
+        loaded = load(recipe, overrides, smoke=smoke, offline=dry_run)
     except RecipeError as err:
         _fail(str(err))
+    for warning in loaded.warnings:
+        click.echo(f"warning: {warning}", err=True)
     stages = planning.plan(loaded.variants)
     store = Store(results)
     if shard:
@@ -98,7 +102,9 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
     world_size = nproc or distributed.env_world_size()
     splits = _batch_splits(stages, world_size, loaded.variants[0].run.micro_batch)
     if dry_run:
-        console.print(_plan_table(loaded.name, stages, store, loaded.swept_keys()))
+        for note in loaded.notes:
+            console.print(note, soft_wrap=True)
+        console.print(_plan_table(loaded.name, stages, store, loaded.swept_keys(), gpu=gpu))
         for line in splits:
             console.print(line)
         return
@@ -180,12 +186,14 @@ def report_cmd(results, experiment, fmt, out_dir, paper, check, real_labels, fig
 
 @main.command("ls")
 def ls_cmd():
-    """List the built-in recipes, one line each."""
-    from vitrun.recipe import builtin_recipes
+    """List the built-in recipes, one line each: name, folder, description."""
+    from rich.markup import escape
+
+    from vitrun.catalogue import entries
 
     console = _console()
-    for path in builtin_recipes():
-        console.print(f"[cyan]{path.stem:<20}[/cyan] {_first_comment(path)}")
+    for entry in entries():
+        console.print(f"[cyan]{entry.name:<22}[/cyan] [dim]{entry.group:<6}[/dim] {escape(entry.description)}", soft_wrap=True)
 
 
 @main.command("cp")
@@ -193,10 +201,10 @@ def ls_cmd():
 @click.argument("dest", type=click.Path(dir_okay=True))
 def cp_cmd(name, dest):
     """Copy built-in recipe NAME to DEST (a file or a folder) to edit it."""
-    from vitrun.recipe import BUILTIN_DIR, builtin_recipes
+    from vitrun.recipe import builtin, builtin_recipes
 
-    source = BUILTIN_DIR / f"{name.removesuffix('.toml')}.toml"
-    if not source.is_file():
+    source = builtin(name)
+    if source is None:
         import difflib
 
         close = difflib.get_close_matches(name, [p.stem for p in builtin_recipes()], n=1)
@@ -687,14 +695,6 @@ def _options(items, allowed: tuple[str, ...] | None = None) -> dict:
 
 # -- helpers ---------------------------------------------------------------------------
 
-def _first_comment(path: Path) -> str:
-    for line in path.read_text().splitlines():
-        text = line.lstrip("#").strip()
-        if line.startswith("#") and text:
-            return text
-    return ""
-
-
 def _batch_splits(stages, world_size: int, micro_batch) -> list[str]:
     """`per-device × devices × accumulation = global` per training batch; a batch that does not
     split is a usage error (exit 2) before anything runs."""
@@ -707,30 +707,44 @@ def _batch_splits(stages, world_size: int, micro_batch) -> list[str]:
         _fail(str(err))
 
 
-def _plan_table(experiment: str, stages, store, swept=()):
+def _plan_table(experiment: str, stages, store, swept=(), gpu: str = "a100"):
     from rich.table import Table
 
+    from vitrun import estimate
     from vitrun.stages import training_flops
 
+    device = "cuda" if _has_cuda() else "cpu"
+    rates = estimate.measured_flops_per_second(stages, device)
     table = Table(title=f"Plan for {experiment}: {len(stages)} stages", title_justify="left", header_style="bold")
-    columns = [("kind", "left"), ("model", "left"), ("data", "left"), ("size", "right"), ("steps×batch@px", "right"), ("status", "left"), ("est. FLOPs", "right"), ("key", "left")]
+    columns = [("kind", "left"), ("model", "left"), ("data", "left"), ("size", "right"), ("steps×batch@px", "right"), ("status", "left"), ("est. FLOPs", "right"),
+               (f"time ({device})", "right"), (f"time ({gpu})", "right"), ("key", "left")]
     if swept:
         columns.insert(2, ("variant", "left"))
     for name, justify in columns:
         table.add_column(name, justify=justify, style="dim" if name == "key" else None)
     colours = {"done": "green", "diverged": "red", "failed": "red", "broken": "red", "partial": "yellow", "todo": "white"}
-    total = 0.0
+    total, here, by_kind = 0.0, 0.0, {}
     for stage in stages:
         status = store.stage(experiment, stage.key).status()
         flops = training_flops(stage)
-        total += flops if status not in ("done", "diverged") else 0.0
+        seconds = estimate.stage_seconds_here(stage, flops, rates)
+        if status not in ("done", "diverged"):
+            total += flops
+            here += seconds or 0.0
+            by_kind[stage.kind] = by_kind.get(stage.kind, 0.0) + flops
         section = stage.training  # the effective values: a [[transfer]] finetune override merged
         shape = f"{section['steps']}×{section['batch_size']}@{section['image_size']}" if section and section.get("steps") else "–"  # scratch: no steps
-        cells = [stage.kind, stage.model, stage.detail, stage.size_label, shape, f"[{colours[status]}]{status}[/]", f"{flops:.2e}" if flops else "–", stage.key]
+        cells = [stage.kind, stage.model, stage.detail, stage.size_label, shape, f"[{colours[status]}]{status}[/]", estimate.flops_text(flops),
+                 estimate.duration(seconds), estimate.duration(estimate.gpu_seconds(flops, gpu)) if flops else "–", stage.key]
         if swept:
             cells.insert(2, stage.variant(swept))
         table.add_row(*cells)
-    table.caption = f"to run: {total:.2e} FLOPs (training; evaluation not counted)"
+    kinds = ", ".join(f"{kind} {estimate.flops_text(f)}" for kind, f in by_kind.items() if f)
+    gpu_hours = estimate.gpu_seconds(total, gpu) / 3600
+    table.caption = (f"to run: {estimate.flops_text(total)}{f' ({total:.2e} FLOPs)' if total >= 1e15 else ' FLOPs'} of training (evaluation not counted){f'; {kinds}' if kinds else ''}\n"
+                     f"here ({device}): {estimate.duration(here)}, from one timed training step of each model (at most {estimate.MEASURE_MAX_IMAGE} px), scaled by FLOPs; "
+                     f"one {estimate.GPUS[gpu].name}: {estimate.duration(estimate.gpu_seconds(total, gpu))} = {gpu_hours:.3g} GPU-hours "
+                     f"(peak {estimate.GPUS[gpu].peak_flops / 1e12:.0f} TFLOP/s × {estimate.ASSUMED_MFU:.0%} assumed utilisation)")
     return table
 
 

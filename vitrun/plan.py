@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from vitrun.schema import Recipe
+from vitrun.models import registry as model_registry
+from vitrun.schema import Recipe, finetune_warmup
 
 # Bump when a change to vitrun makes old results incomparable with new ones.
 KEY_VERSION = 1
@@ -99,7 +100,7 @@ def plan(variants: Iterable[Recipe]) -> list[Stage]:
 def _variant_stages(recipe: Recipe) -> list[Stage]:
     upstream = {
         "seed": recipe.seed,
-        "model": recipe.model.resolved(),
+        "model": model_config(recipe),
         "pretrain": pretrain_config(recipe),
     }
     if recipe.model.init:  # only when set: recipes without one keep their keys
@@ -108,11 +109,14 @@ def _variant_stages(recipe: Recipe) -> list[Stage]:
     out = [pretrain]
     for transfer in recipe.transfer:
         # The fine-tuning override is keyed through the merged [finetune] of the stages it
-        # changes, not through [transfer] (few-shot stages do not depend on it).
-        base = {**upstream, "transfer": {**transfer.model_dump(mode="json", exclude={"finetune"}), "name": transfer.label}}
+        # changes, not through [transfer] (few-shot stages do not depend on it); `shots` picks
+        # which few-shot stages exist, each keeps its own count in [fewshot].
+        dataset = {k: v for k, v in transfer.model_dump(mode="json", exclude={"finetune"}).items() if k != "shots"}
+        base = {**upstream, "transfer": {**dataset, "name": transfer.label}}
         if recipe.finetune:
             finetune = _without_unused_regularisers(recipe.finetune_for(transfer).model_dump(mode="json"), recipe)
-            finetune["image_size"] = finetune["image_size"] or recipe.pretrain.image_size
+            finetune["image_size"] = finetune["image_size"] or finetune_image_size(recipe, transfer.data)
+            finetune["warmup_steps"] = finetune_warmup(finetune["steps"], finetune["warmup_steps"])
             # A list of rates: one dev-split trial each, then the final run with the best.
             # Trials never keep weights: save_weights keys only the final run.
             trial = {k: v for k, v in finetune.items() if k != "save_weights"}
@@ -122,10 +126,34 @@ def _variant_stages(recipe: Recipe) -> list[Stage]:
             parents = (pretrain.key, *(t.key for t in trials)) if len(trials) > 1 else (pretrain.key,)
             out.append(make_stage("finetune", {**base, "finetune": finetune}, parents))
         if recipe.fewshot:
-            for shots in recipe.fewshot.shots:
+            for shots in transfer.shots or recipe.fewshot.shots:
                 fewshot = {**recipe.fewshot.model_dump(mode="json"), "shots": shots}
                 out.append(make_stage("fewshot", {**base, "fewshot": fewshot}, (pretrain.key,)))
     return out
+
+
+def model_config(recipe: Recipe) -> dict[str, Any]:
+    """The resolved architecture. Masked-patch pre-training predicts from the output tokens and
+    never trains the pre-logits layer, so its ViT is built without one: few-shot must read the
+    pooled representation, not an untrained tanh layer (the fine-tuning head drops it anyway)."""
+    model = recipe.model.resolved()
+    if recipe.pretrain.objective == "masked-patch" and model.get("pre_logits"):
+        model["pre_logits"] = False
+    return model
+
+
+FINETUNE_IMAGE_SIZE = 384  # Table 4: fine-tuning resolution of every real transfer set
+
+
+def finetune_image_size(recipe: Recipe, source: str) -> int:
+    """The fine-tuning resolution when the recipe gives none: 384 for real datasets (Table 4),
+    rounded down to whole patches (ViT-H/14: 378); embedded sets are generated at a size of the
+    recipe's choosing and keep the pre-training resolution."""
+    if ":" not in source:  # embedded (see vitrun.data.is_embedded)
+        return recipe.pretrain.image_size
+    spec = model_registry.spec(recipe.model.name, **recipe.model.options())
+    step = spec.patch if spec.family == "vit" else 1
+    return FINETUNE_IMAGE_SIZE // step * step
 
 
 def pretrain_config(recipe: Recipe) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from vitrun import epochs
 from vitrun.schema import ModelConfig, Recipe
 
 if sys.version_info >= (3, 11):
@@ -45,6 +46,8 @@ class LoadedRecipe:
     sweeps: list[dict[str, list[Any]]]  # one per [sweep] table: canonical dotted key -> values
     variants: list[Recipe]  # the union of each sweep table's Cartesian product, validated
     overrides: tuple[str, ...] = ()  # the --set items applied, as given
+    warnings: tuple[str, ...] = ()  # problems a dry run or smoke run goes on with (an unreachable hub dataset)
+    notes: tuple[str, ...] = ()  # conversions made on load, e.g. epochs to steps
 
     @property
     def run_label(self) -> str:
@@ -58,7 +61,15 @@ class LoadedRecipe:
 
 
 def builtin_recipes() -> list[Path]:
-    return sorted(BUILTIN_DIR.glob("*.toml"))
+    """Every built-in recipe: recipes/*.toml, then the full-scale recipes/paper/ and the CPU
+    miniatures recipes/mini/ (names are unique across folders: a recipe is found by name)."""
+    return sorted(BUILTIN_DIR.rglob("*.toml"), key=lambda p: (len(p.relative_to(BUILTIN_DIR).parts), str(p.parent), p.name))
+
+
+def builtin(name: str) -> Path | None:
+    """The built-in recipe called `name` (with or without `.toml`), in any of its folders."""
+    stem = name[:-5] if name.endswith(".toml") else name
+    return next((p for p in builtin_recipes() if p.stem == stem), None)
 
 
 def resolve_path(name_or_path: str) -> Path:
@@ -67,32 +78,48 @@ def resolve_path(name_or_path: str) -> Path:
     if path.is_file():
         return path
     stem = path.name[:-5] if path.name.endswith(".toml") else path.name
-    builtin = BUILTIN_DIR / f"{stem}.toml"
-    if path.parent == Path(".") and builtin.is_file():
-        return builtin
+    found = builtin(stem)
+    if path.parent == Path(".") and found is not None:
+        return found
     names = [p.stem for p in builtin_recipes()]
     raise RecipeError(f"{name_or_path}: no such file or built-in recipe{_suggest(stem, names)}; `vitrun ls` lists the built-in ones")
 
 
-def load(name_or_path: str, overrides: typing.Sequence[str] = ()) -> LoadedRecipe:
+def load(name_or_path: str, overrides: typing.Sequence[str] = (), smoke: bool = False, offline: bool = False) -> LoadedRecipe:
+    """Read, override, expand and validate a recipe.
+
+    smoke: shrink it first (`vitrun recipe --smoke`, see vitrun/smoke.py).
+    offline: a remote dataset that cannot be reached is a warning, not an error (--dry-run,
+    --smoke: they read no data); local paths that do not exist still stop the load.
+    """
     path = resolve_path(name_or_path)
     raw = _read_toml(path)
     for item in overrides:
         _apply_override(path, raw, item)
     raw.setdefault("name", path.stem)
+    if smoke:
+        from vitrun import smoke as smoke_mode
+
+        raw = smoke_mode.shrink(raw)
+    warnings: list[str] | None = [] if offline or smoke else None  # None: every source problem is an error
     sweeps = _read_sweeps(path, raw)
     body = {k: v for k, v in raw.items() if k != "sweep"}
-    variants, seen = [], set()
+    variants, seen, notes = [], set(), []
     for label, sweep in sweeps:
         for values in itertools.product(*sweep.values()):
             variant = copy.deepcopy(body)
             for key, value in zip(sweep, values):
                 _set_dotted(variant, key.split("."), value)
+            try:
+                notes += epochs.resolve(variant)
+            except epochs.EpochsError as err:
+                raise RecipeError(f"{path}: {err}") from None
             fingerprint = json.dumps(variant, sort_keys=True, default=str)
             if fingerprint not in seen:  # [[sweep]] tables may overlap: each variant once
                 seen.add(fingerprint)
-                variants.append(_validate(path, variant, sweep, label))
-    loaded = LoadedRecipe(path=path, name=str(raw["name"]), raw=raw, sweeps=[s for _, s in sweeps], variants=variants, overrides=tuple(overrides))
+                variants.append(_validate(path, variant, sweep, label, warnings))
+    loaded = LoadedRecipe(path=path, name=str(raw["name"]), raw=raw, sweeps=[s for _, s in sweeps], variants=variants, overrides=tuple(overrides),
+                          warnings=tuple(dict.fromkeys(warnings or ())), notes=tuple(dict.fromkeys(notes)))
     _check_report_columns(loaded)
     return loaded
 
@@ -215,12 +242,12 @@ def _set_dotted(tree: dict[str, Any], parts: list[str], value: Any) -> None:
 
 # -- validation ------------------------------------------------------------------------
 
-def _validate(path: Path, variant: dict[str, Any], sweep: dict[str, list[Any]], label: str = "sweep") -> Recipe:
+def _validate(path: Path, variant: dict[str, Any], sweep: dict[str, list[Any]], label: str = "sweep", warnings: list[str] | None = None) -> Recipe:
     try:
         recipe = Recipe.model_validate(variant)
     except ValidationError as err:
         raise RecipeError(f"{path}: {_describe(err, sweep, label)}") from None
-    _check_sources(path, recipe)
+    _check_sources(path, recipe, warnings)
     _check_shots(path, recipe)
     return recipe
 
@@ -230,11 +257,13 @@ def _check_shots(path: Path, recipe: Recipe) -> None:
     is known without loading (generators, `per_class`, local folders), not after pre-training."""
     if not recipe.fewshot:
         return
-    k = max(recipe.fewshot.shots)
     for i, transfer in enumerate(recipe.transfer):
+        k = max(transfer.shots or recipe.fewshot.shots)
         have = _images_per_class_at_least(transfer, k)
         if have is not None and have < k:
-            raise RecipeError(f"{path}: fewshot.shots: {k} shots per class, but transfer[{i}] ({transfer.label}) has only {have} training images in a class; lower the shots or give the class more images")
+            key = f"transfer[{i}].shots" if transfer.shots else "fewshot.shots"
+            raise RecipeError(f"{path}: {key}: {k} shots per class, but transfer[{i}] ({transfer.label}) has only {have} training images in a class; "
+                              f"lower the shots (for this dataset alone: [[transfer]] shots = [...]) or give the class more images")
 
 
 def _images_per_class_at_least(transfer, k: int) -> int | None:
@@ -259,10 +288,15 @@ def _images_per_class_at_least(transfer, k: int) -> int | None:
             return None  # reported by the source check
         # One tree: a test share is carved out of it later, so this count is an upper bound.
         return min(folder.count_images(splits["train"] / name, k) for name in folder.classes(splits["train"]))
+    from vitrun.data import known
+
+    holds = known.lookup(transfer.data)
+    if holds is not None and not (transfer.train_split or transfer.config):  # its default training split
+        return holds.min_per_class
     return None
 
 
-def _check_sources(path: Path, recipe: Recipe) -> None:
+def _check_sources(path: Path, recipe: Recipe, warnings: list[str] | None = None) -> None:
     """Every data source of the recipe exists and opens here (see vitrun/data/sources.py).
 
     Runs for `vitrun validate` and before `vitrun recipe` writes anything: local files are
@@ -277,7 +311,18 @@ def _check_sources(path: Path, recipe: Recipe) -> None:
         try:
             data.check(section.data, data.SourceOptions.of(section.model_dump()), os.environ.get("VITRUN_CACHE"))
         except data.SourceError as err:
+            if warnings is not None and _remote(section.data):
+                warnings.append(f"{path}: {where}.{err.key}: {err} (a real run stops here)")
+                continue
             raise RecipeError(f"{path}: {where}.{err.key}: {err}") from None
+
+
+def _remote(source: str) -> bool:
+    """A dataset fetched over the network (hub id, torchvision download), not a local path."""
+    kind, _, target = source.partition(":")
+    if kind == "torchvision":
+        return True
+    return kind == "hf" and not target.startswith(("/", ".", "~")) and not Path(target.split(":")[0]).expanduser().exists()
 
 
 def _describe(err: ValidationError, sweep: dict[str, list[Any]], label: str) -> str:

@@ -137,7 +137,7 @@ class DataFields(Section):
     test_fraction: Optional[Fraction] = Field(None, description="share of train held out as test when a source has no test split; default 0.2")
     eval_size: Optional[Images] = Field(None, description="images held out as test when a source has no test split; default test_fraction of train, at most 50,000")
     dev_fraction: Optional[Fraction] = Field(None, description="held-out share of train for learning-rate selection; default per dataset")
-    crop: Optional[Literal["inception", "resize"]] = Field(None, description="training crop; default inception for pre-training, resize for fine-tuning real images")
+    crop: Optional[Literal["inception", "resize"]] = Field(None, description="training crop; default inception (5-100% of the area, as vit_jax and big_vision), resize: shorter side to the target, random square crop")
     stream: bool = Field(False, description="hf: read as a stream (no Arrow copy, no random access; [pretrain] only): see vitrun/data/streaming.py for what it keeps")
 
     @model_serializer(mode="wrap")
@@ -150,6 +150,9 @@ class DataFields(Section):
             del dumped["name"]
         if dumped.get("finetune", "") is None:  # [[transfer]] without a fine-tuning override
             del dumped["finetune"]
+        for key in ("epochs", "shots"):  # epochs: converted to steps on load (vitrun/epochs.py)
+            if key in dumped and dumped[key] is None:
+                del dumped[key]
         return drop_training_defaults(self, dumped)
 
 
@@ -169,8 +172,15 @@ class PretrainConfig(DataFields, TrainingFields):
     # 0: no pre-training; the initial weights (`model.init`, else a seeded random
     # initialisation) go to the transfer stages as they are. Required unless objective = "scratch".
     steps: Optional[Steps] = None
+    # Or the budget as the paper states it: passes over the training split, turned into steps
+    # (ceil(epochs × images / batch_size)) when the recipe loads (vitrun/epochs.py).
+    epochs: Optional[PositiveFloat] = Field(None, description="instead of steps: passes over the training split")
     batch_size: Batch = 4096
     lr: PositiveFloat = 1e-3
+    # Decoupled decay as vit_jax and PyTorch's AdamW apply it: each step shrinks kernels by
+    # lr(t) · weight_decay, lr(t) the scheduled rate including the base lr. big_vision's `wd`
+    # is scaled by the schedule but NOT by the base lr: to port a big_vision config use
+    # weight_decay = wd / lr (its wd = 1e-4 at lr = 1e-3 is weight_decay = 0.1 here).
     weight_decay: float = Field(0.1, ge=0)
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     warmup_steps: Steps = 10_000
@@ -190,7 +200,9 @@ class PretrainConfig(DataFields, TrainingFields):
     @model_validator(mode="after")
     def _steps_given(self) -> "PretrainConfig":
         if self.steps is None and self.objective != "scratch":
-            raise ValueError('steps is missing: give the number of pre-training steps (only objective = "scratch" goes without)')
+            raise ValueError('steps is missing: give the number of pre-training steps or epochs (only objective = "scratch" goes without)')
+        if self.steps and self.objective != "scratch":
+            check_warmup("pretrain", self.steps, self.warmup_steps)
         return self
 
     @model_validator(mode="after")
@@ -204,6 +216,29 @@ class PretrainConfig(DataFields, TrainingFields):
         if self.stream and self.eval_every:  # the held-out share is drawn by label, which a stream cannot
             raise ValueError("eval_every holds out a share of the training split by label, which stream = true cannot; remove one of them")
         return self
+
+
+def check_warmup(section: str, steps: int, warmup_steps: int) -> None:
+    """A warm-up as long as the run never reaches the peak rate nor decays: a recipe error."""
+    if warmup_steps >= steps:
+        raise ValueError(f"warmup_steps = {warmup_steps} is not below steps = {steps}: the run would end inside its warm-up; "
+                         f"set {section}.warmup_steps below steps, e.g. {max(1, steps // 10)} (the paper warms up for 10k of its ≥ 100k pre-training steps)")
+
+
+# Fine-tuning warm-up when a recipe gives none: the official vit_jax default (500 steps), and
+# big_vision's 100 for its 500-step runs (Pets, Flowers). Shorter runs than big_vision ever
+# makes get a tenth of their steps (vitrun's choice: no official run is that short).
+FINETUNE_WARMUP = 500
+FINETUNE_WARMUP_SHORT = 100  # runs of at most 500 steps
+
+
+def finetune_warmup(steps: int, warmup_steps: Optional[int]) -> int:
+    """The warm-up a fine-tuning run uses: the recipe's, else the official default for its length."""
+    if warmup_steps is not None:
+        return warmup_steps
+    if steps > FINETUNE_WARMUP:
+        return FINETUNE_WARMUP
+    return FINETUNE_WARMUP_SHORT if steps > FINETUNE_WARMUP_SHORT else steps // 10
 
 
 LEARNING_RATES = (0.001, 0.003, 0.01, 0.03)  # the paper's fine-tuning grid (ImageNet: 0.003 … 0.06)
@@ -225,14 +260,18 @@ class FinetuneConfig(TrainingFields):
     """`[finetune]`: transfer by fine-tuning (SGD momentum 0.9, cosine, clip 1; App. B.1.1)."""
 
     steps: PositiveSteps
+    epochs: Optional[PositiveFloat] = Field(None, description="instead of steps: passes over the training split, converted on load")
     batch_size: Batch = 512
     # One rate, or a list scored on the dev split (a held-out `dev_fraction` of the training
     # split, App. B.1.1): the best is retrained on the whole training split and tested.
     lr: Union[PositiveFloat, list[PositiveFloat]] = Field(default_factory=lambda: list(LEARNING_RATES))
     momentum: float = Field(0.9, ge=0, lt=1)
-    warmup_steps: Steps = 500
+    # Default (unset): 500, or 100 for runs of at most 500 steps, as the official code
+    # (`finetune_warmup`); the stage config records the number used, so a recipe that
+    # writes the default out keeps the same stage keys as one that leaves it unset.
+    warmup_steps: Optional[Steps] = None
     grad_clip: Optional[PositiveFloat] = 1.0
-    image_size: Optional[ImageSize] = Field(None, description="default: the pre-training resolution")
+    image_size: Optional[ImageSize] = Field(None, description="default: 384 for real datasets (Table 4; rounded down to whole patches), the pre-training resolution for embedded ones")
     # How position embeddings follow a new resolution: bilinear as the official code
     # (scipy zoom, corners to corners), or bicubic.
     pos_embed_resample: Literal["bilinear", "bicubic"] = "bilinear"
@@ -242,9 +281,16 @@ class FinetuneConfig(TrainingFields):
 
     _lr = field_validator("lr")(_one_or_distinct)
 
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "FinetuneConfig":
+        check_warmup("finetune", self.steps, finetune_warmup(self.steps, self.warmup_steps))
+        return self
+
     @model_serializer(mode="wrap")
     def _drop_default_save(self, handler):
         dumped = handler(self)
+        if dumped.get("epochs", 0) is None:  # converted to steps on load (vitrun/epochs.py)
+            del dumped["epochs"]
         if not dumped.get("save_weights"):
             dumped.pop("save_weights", None)  # results from before this option keep their keys
         return drop_training_defaults(self, dumped)
@@ -270,6 +316,9 @@ class TransferConfig(DataFields):
     # Any [finetune] key for this dataset only (Table 4: CIFAR 10k steps, Pets/Flowers 500, ...).
     # Not part of this table's stage config: the merged [finetune] of its stages carries it.
     finetune: Optional[dict[str, Any]] = None
+    # Few-shot shot counts for this dataset alone (default: [fewshot] shots), e.g. [1, 5, 10] for
+    # Flowers-102, whose training split has 10 images per species.
+    shots: Optional[list[Annotated[int, Field(gt=0, le=100_000)]]] = Field(None, min_length=1, max_length=100)
 
     @property
     def label(self) -> str:

@@ -32,6 +32,10 @@ from vitrun.paper.real import PREDICTIONS_FILE, predictions_bytes
 from vitrun.store import StageDir, Store, write_atomic
 
 EVAL_BATCH = 256
+# Fine-tuned models are scored on vit_jax's evaluation view (the whole image resized to the
+# fine-tuning resolution), the pipeline their training crop comes from; pre-training tests and
+# few-shot features keep the centre crop (big_vision's few-shot view is a central crop too).
+FINETUNE_EVAL_VIEW = "full"
 
 
 @dataclass
@@ -191,7 +195,7 @@ def finetune_dev(stage: Stage, ctx: Context) -> dict[str, Any]:
     fraction, (train_part, dev_part) = _dev_split(t, ds.train)
     held_out = dev_part if f.eval_every else None
     model, summary = _finetuned(stage, ctx, train_part, ds.num_classes, f.lr, held_out)
-    return {**summary, "accuracy": accuracy(model, dev_part, f.image_size, ctx), "lr": f.lr, "dev_fraction": fraction, "train_images": len(train_part), "dev_images": len(dev_part)}
+    return {**summary, "accuracy": accuracy(model, dev_part, f.image_size, ctx, FINETUNE_EVAL_VIEW), "lr": f.lr, "dev_fraction": fraction, "train_images": len(train_part), "dev_images": len(dev_part)}
 
 
 def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
@@ -215,7 +219,7 @@ def finetune(stage: Stage, ctx: Context) -> dict[str, Any]:
     if f.eval_every:  # early stopping on the dev share: it is held out of training
         _, (train_images, held_out) = _dev_split(t, ds.train)
     model, summary = _finetuned(stage, ctx, train_images, ds.num_classes, lr, held_out)
-    predicted = predictions(model, ds.test, f.image_size, ctx)
+    predicted = predictions(model, ds.test, f.image_size, ctx, FINETUNE_EVAL_VIEW)
     # kept for metrics computed later from other labels (ImageNet-ReaL: `vitrun report --real`)
     if ctx.world.is_main():
         write_atomic(ctx.stage_dir(stage.key).path / PREDICTIONS_FILE, predictions_bytes(predicted.tolist()))
@@ -250,9 +254,8 @@ def _finetuned(stage: Stage, ctx: Context, images, num_classes: int, lr: float, 
     model.set_image_size(f.image_size, mode=f.pos_embed_resample)
     model.to(ctx.placement.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=f.momentum, weight_decay=0.0, fused=ctx.placement.fused or None)
-    crop = t.get("crop") or _default_finetune_crop(t["data"])
     loss_fn = partial(F.cross_entropy, label_smoothing=f.label_smoothing)
-    summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, images, f, crop), supervised(loss_fn), f, "cosine", held_out)
+    summary = _train(stage, ctx, model, optimizer, _loader_for(stage, ctx, images, f, t.get("crop")), supervised(loss_fn), f, "cosine", held_out)
     return model, summary
 
 
@@ -334,15 +337,6 @@ def _dev_split(transfer: dict[str, Any], train):
     return fraction, sources.dev_split(train, fraction, SPLIT_SEED)
 
 
-def _default_finetune_crop(source: str) -> str:
-    """The paper's fine-tuning crop is "resize" (shorter side to the target, random crop, flip).
-
-    Embedded images are generated square at the target size, where that crop is only a
-    flip; they keep the inception crop the quickstart was measured with.
-    """
-    return "inception" if data.is_embedded(source) else "resize"
-
-
 def pretrain_section(stage: Stage) -> PretrainConfig:
     """The stage config's [pretrain] as the frozen, typed section (defaults filled in)."""
     return PretrainConfig.model_validate(stage.config["pretrain"], strict=False)
@@ -358,7 +352,11 @@ Training = Union[PretrainConfig, FinetuneConfig]
 
 def _loader_for(stage: Stage, ctx: Context, images, section: Training, crop: str | None, whole_batch: bool = False):
     """`batch_at(step)` over `images` for a training section ([pretrain] or [finetune]): this
-    rank's slice of each global batch (or, `whole_batch`, all of it)."""
+    rank's slice of each global batch (or, `whole_batch`, all of it).
+
+    The training crop is the inception crop for both (vit_jax's fine-tuning pipeline and
+    big_vision's: a random 5-100% of the area, resized, flipped) unless the data's `crop` says.
+    """
     part = (0, 1) if whole_batch else (ctx.world.rank, ctx.world.size)
     return loader.train_batches(images, section.image_size, section.batch_size, section.steps, stage.config["seed"], crop or "inception", ctx.loader_settings(), part)
 
@@ -374,7 +372,8 @@ def _train(stage, ctx, model, optimizer, batch_at, objective, section: Training,
     set_regularisation(model, section.dropout, section.drop_path)
     evaluate = None
     if held_out is not None:
-        evaluate = partial(accuracy, images=held_out, image_size=section.image_size, ctx=ctx)
+        view = FINETUNE_EVAL_VIEW if isinstance(section, FinetuneConfig) else "center"
+        evaluate = partial(accuracy, images=held_out, image_size=section.image_size, ctx=ctx, view=view)
     # TensorBoard is a log: rank 0 writes it, as it writes every other file
     board = ctx.stage_dir(stage.key).path / "tensorboard" if ctx.run.tensorboard and ctx.world.is_main() else None
     extras = StageExtras(model, section.steps, section.batch_size, section.ema, section.eval_every, section.keep, evaluate, board)
@@ -405,10 +404,10 @@ def _sigmoid_xent(logits: torch.Tensor, labels: torch.Tensor, smoothing: float =
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1).mean()
 
 
-def _device_batches(images, image_size: int, ctx: Context, sharded: bool = True):
+def _device_batches(images, image_size: int, ctx: Context, sharded: bool = True, view: str = "center"):
     """This rank's share of the evaluation batches (every `world`-th batch), or all of them, on the device."""
     shard = (ctx.world.rank, ctx.world.size) if sharded else (0, 1)
-    for x, y in loader.eval_batches(images, image_size, EVAL_BATCH, ctx.loader_settings(), shard):
+    for x, y in loader.eval_batches(images, image_size, EVAL_BATCH, ctx.loader_settings(), shard, view):
         yield x.to(ctx.placement.device, non_blocking=True), y
 
 
@@ -438,24 +437,24 @@ def features(model: nn.Module, images, image_size: int, ctx: Context) -> torch.T
 
 
 @torch.no_grad()
-def predictions(model: nn.Module, images, image_size: int, ctx: Context) -> torch.Tensor:
+def predictions(model: nn.Module, images, image_size: int, ctx: Context, view: str = "center") -> torch.Tensor:
     """The predicted class of each image, int64 (N,), in the split's order; argmax taken per
     batch on the device, so memory holds one batch of logits, never all of them."""
     model.eval()
     out = []
-    for x, _ in _device_batches(images, image_size, ctx):
+    for x, _ in _device_batches(images, image_size, ctx, view=view):
         with ctx.placement.autocast():
             out.append(model(x).argmax(1))
     return _gathered(out, ctx)
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images, image_size: int, ctx: Context) -> float:
+def accuracy(model: nn.Module, images, image_size: int, ctx: Context, view: str = "center") -> float:
     """Top-1 accuracy, counted per batch on the device: memory stays one batch of logits
     (all logits of a 50k-image, 21k-class test set would be 4 GB); summed over ranks."""
     model.eval()
     hits = torch.zeros((), dtype=torch.int64, device=ctx.placement.device)
-    for x, y in _device_batches(images, image_size, ctx):
+    for x, y in _device_batches(images, image_size, ctx, view=view):
         with ctx.placement.autocast():
             hits += (model(x).argmax(1) == y.to(x.device)).sum()
     ctx.world.check()

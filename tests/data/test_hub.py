@@ -123,7 +123,7 @@ def test_vitrun_validate_exits_2_with_one_line_naming_the_columns(hub, tmp_path)
 
     hub.repos["me/unlabelled"] = SimpleNamespace(gated=False, info=_info(datasets.Features({"jpg": datasets.Image(), "json": datasets.Value("string")})))
     recipe = tmp_path / "r.toml"
-    recipe.write_text('name = "r"\n[model]\nname = "ViT-Mu/4"\n[pretrain]\ndata = "hf:me/unlabelled"\nsteps = 1\n')
+    recipe.write_text('name = "r"\n[model]\nname = "ViT-Mu/4"\n[pretrain]\ndata = "hf:me/unlabelled"\nsteps = 1\nwarmup_steps = 0\n')
     result = CliRunner().invoke(main, ["validate", str(recipe)])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()

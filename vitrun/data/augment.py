@@ -83,3 +83,15 @@ def center(images_uint8: torch.Tensor, out_size: int) -> torch.Tensor:
         top, left = (new_h - out_size) // 2, (new_w - out_size) // 2
         x = x[:, :, top : top + out_size, left : left + out_size]
     return x.clamp_(-1.0, 1.0).contiguous()
+
+
+def full(images_uint8: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Evaluation view of vit_jax's fine-tuning: the whole image resized to ``out_size`` square.
+
+    images_uint8: (B, 3, H, W) uint8.  Returns float32 (B, 3, out_size, out_size) in [-1, 1].
+    A square image is resized as ``center`` does; others are stretched, as ``tf.image.resize``.
+    """
+    x = to_float(images_uint8)
+    if x.shape[-2:] != (out_size, out_size):
+        x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp_(-1.0, 1.0).contiguous()

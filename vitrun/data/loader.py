@@ -134,16 +134,20 @@ def _slice_of(batch_size: int, part: tuple[int, int]) -> tuple[int, int]:
     return rank * size, (rank + 1) * size
 
 
-def eval_batches(images: ImageSet | LazyImageSet, image_size: int, batch_size: int, settings: LoaderSettings = LoaderSettings(), shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
-    """Evaluation views (shorter side resized, centre crop) of every image, in order.
+def eval_batches(images: ImageSet | LazyImageSet, image_size: int, batch_size: int, settings: LoaderSettings = LoaderSettings(), shard: tuple[int, int] = (0, 1), view: str = "center") -> Iterator[Batch]:
+    """Evaluation views of every image, in order. view: "center" (shorter side resized, centre
+    crop) or "full" (whole image resized to a square: vit_jax's fine-tuning evaluation).
 
     shard: (rank, world): only batches rank, rank + world, … (evaluation sharded over ranks).
     """
+    if view not in transforms.EVAL_VIEWS:
+        raise ValueError(f"unknown evaluation view {view!r} (known: {', '.join(transforms.EVAL_VIEWS)})")
     rank, world = shard
     starts = range(rank * batch_size, len(images), world * batch_size)
     if isinstance(images, ImageSet):
+        resize = augment.center if view == "center" else augment.full
         for start in starts:
-            yield augment.center(images.images[start : start + batch_size], image_size), images.labels[start : start + batch_size]
+            yield resize(images.images[start : start + batch_size], image_size), images.labels[start : start + batch_size]
         return
     chunks = _chunks(settings, batch_size)
     pieces = []  # each batch in `chunks` pieces, spread over the workers
@@ -151,7 +155,7 @@ def eval_batches(images: ImageSet | LazyImageSet, image_size: int, batch_size: i
         keys = [(i, -1, -1) for i in range(start, min(start + batch_size, len(images)))]
         pieces += [piece for piece in _split(keys, chunks) if piece]
     parts, count = [], 0
-    views = _Views(images, image_size, "center", 0, settings.decodes_on_gpu())
+    views = _Views(images, image_size, view, 0, settings.decodes_on_gpu())
     for part in _loader(views, pieces, settings, -(-batch_size // chunks)):
         parts.append(part)
         count += len(part) if views.gpu else len(part[1])
@@ -177,7 +181,7 @@ class _Views(TorchDataset):
         i, step, slot = key
         # The view's randomness depends on (seed, step, slot) only: not on the worker, nor
         # on which other images share the batch, so any worker count gives the same batch.
-        rng = np.random.default_rng([_VIEW_TAG, self.seed, step, slot]) if self.kind != "center" else None
+        rng = np.random.default_rng([_VIEW_TAG, self.seed, step, slot]) if self.kind not in transforms.EVAL_VIEWS else None
         state = rng.bit_generator.state if rng is not None else None
         for j in range(i, i + MAX_SKIPPED):  # a corrupt image: the next readable one takes its slot
             j %= len(self.images)

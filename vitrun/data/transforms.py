@@ -5,13 +5,18 @@ come one at a time, in any size and mode, so they are cropped and resized here, 
 data-loader workers, and leave as uint8 (3, S, S) tensors (4x less to copy between
 processes than float32; ``augment.to_float`` scales them to [-1, 1] in the main process).
 
-The three views of the paper's code (google-research/vision_transformer, big_vision):
+The views of the paper's code (google-research/vision_transformer, big_vision):
 
-* ``inception``: pre-training crop, a random box of 5-100% of the area with aspect ratio
-  in [3/4, 4/3] (big_vision's ``inception_crop``, area_min=5), resized to S, random flip;
-* ``resize``: fine-tuning crop, shorter side resized to S, a random S x S crop, random flip
-  (vision_transformer's ``resize`` + ``random_crop`` + ``flip_left_right`` at the target size);
-* ``center``: evaluation, shorter side resized to S, centre S x S crop (as ``augment.center``).
+* ``inception``: the training crop of pre-training AND fine-tuning, a random box of 5-100% of
+  the area with aspect ratio in [3/4, 4/3], resized to S, random flip (big_vision's
+  ``inception_crop``, area_min=5; vit_jax's fine-tuning pipeline,
+  ``sample_distorted_bounding_box(area_range=(0.05, 1))`` + ``flip_left_right``);
+* ``resize``: an alternative training crop (``crop = "resize"``): shorter side resized to S,
+  a random S x S crop, random flip;
+* ``full``: the fine-tuning evaluation view of vit_jax: the whole image resized to S x S, no
+  crop (the aspect ratio is not kept), as vit_jax's ``tf.image.resize`` for evaluation;
+* ``center``: the other evaluations (pre-training test, few-shot, ``vitrun evaluate``):
+  shorter side resized to S, centre S x S crop (as ``augment.center``).
 
 Crop and resize happen in one ``Image.resize(box=...)`` call (anti-aliased). JPEGs are
 decoded at a reduced scale first when the crop allows it (``Image.draft``: libjpeg's DCT
@@ -28,6 +33,7 @@ import torch
 from PIL import Image
 
 CROPS = ("inception", "resize")
+EVAL_VIEWS = ("center", "full")
 INCEPTION_AREA = (0.05, 1.0)
 INCEPTION_RATIO = (3 / 4, 4 / 3)
 
@@ -58,7 +64,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def view(image: Image.Image, size: int, kind: str, rng: np.random.Generator | None = None) -> torch.Tensor:
     """One view of ``image``: uint8 (3, size, size).
 
-    kind: "inception" | "resize" (training crops, need ``rng``) or "center" (evaluation).
+    kind: "inception" | "resize" (training crops, need ``rng``) or "center" | "full" (evaluation).
     """
     box, flip = plan(*image.size, kind, rng)
     image, box = _draft(image, box, size)
@@ -78,11 +84,13 @@ def plan(w: int, h: int, kind: str, rng: np.random.Generator | None) -> tuple[tu
     """
     if kind == "center":
         return _square_box(w, h, 0.5), False
+    if kind == "full":
+        return (0.0, 0.0, float(w), float(h)), False
     if kind == "resize":
         return _square_box(w, h, rng.random()), rng.random() < 0.5
     if kind == "inception":
         return _inception_box(w, h, rng), rng.random() < 0.5
-    raise ValueError(f"unknown view {kind!r} (known: center, {', '.join(CROPS)})")
+    raise ValueError(f"unknown view {kind!r} (known: {', '.join(EVAL_VIEWS + CROPS)})")
 
 
 def _square_box(w: int, h: int, position: float) -> tuple[float, float, float, float]:

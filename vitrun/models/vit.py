@@ -17,7 +17,9 @@ position embeddings normal(0.02).
 Position information (App. D.4, options `pos_embed` and `pos_embed_at`; tensors and their
 resampling in position.py): "1d" (default), "2d", "relative" or "none", added once before the
 first block ("stem", default) or at every block's input ("every-layer": a table per block;
-"every-layer-shared": one table). The dropout after adding positions acts once, at the stem.
+"every-layer-shared": one table). The embedding dropout acts once, at the stem, after the
+positions are added, and also when there are none ("none") or they bias attention instead
+("relative"): Table 8's arms then differ in position information only, not in regularisation.
 
 Departures: GELU is the exact erf form (PyTorch and timm default); flax's default, used by the
 official code, is the tanh approximation (they differ by < 1e-3). Stochastic depth
@@ -277,8 +279,8 @@ class VisionTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             if pos is not None and (i == 0 or every_layer):
                 x = x + pos[i if len(pos) > 1 else 0]  # (B, N, D) + (N, D)
-                if i == 0:  # official: dropout right after the (stem) embedding, once
-                    x = self.pos_drop(x)
+            if i == 0:  # official: dropout right after the embeddings, once, whatever the positions
+                x = self.pos_drop(x)
             x = block(x, index)
         return self.norm(x)
 
