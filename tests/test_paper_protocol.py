@@ -99,7 +99,7 @@ def test_finetuning_trains_on_inception_crops_and_scores_the_full_view(tmp_path,
     crops, views = [], []
     train_batches, eval_batches = loader.train_batches, loader.eval_batches
     monkeypatch.setattr(loader, "train_batches", lambda *a, **k: crops.append(a[5]) or train_batches(*a, **k))
-    monkeypatch.setattr(loader, "eval_batches", lambda *a, **k: views.append(a[4] if len(a) > 4 else k.get("view", "center")) or eval_batches(*a, **k))
+    monkeypatch.setattr(loader, "eval_batches", lambda *a, **k: views.append(k.get("view", "center")) or eval_batches(*a, **k))
     text = """
     name = "ft"
     [model]

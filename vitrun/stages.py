@@ -407,7 +407,7 @@ def _sigmoid_xent(logits: torch.Tensor, labels: torch.Tensor, smoothing: float =
 def _device_batches(images, image_size: int, ctx: Context, sharded: bool = True, view: str = "center"):
     """This rank's share of the evaluation batches (every `world`-th batch), or all of them, on the device."""
     shard = (ctx.world.rank, ctx.world.size) if sharded else (0, 1)
-    for x, y in loader.eval_batches(images, image_size, EVAL_BATCH, ctx.loader_settings(), shard, view):
+    for x, y in loader.eval_batches(images, image_size, EVAL_BATCH, ctx.loader_settings(), shard=shard, view=view):
         yield x.to(ctx.placement.device, non_blocking=True), y
 
 
