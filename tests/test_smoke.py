@@ -195,3 +195,40 @@ def test_every_builtin_recipe_has_a_description_and_a_paper_header():
         if path.parent.name == "paper":
             header = path.read_text().split("\nname = ")[0]
             assert "exaFLOPs" in header and "A100-hours" in header and "paper" in header, path
+
+
+def test_cp_finds_a_recipe_in_a_subfolder(tmp_path):
+    result = CliRunner().invoke(main, ["cp", "pretrain_b16", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pretrain_b16.toml").read_text() == (BUILTIN_DIR / "paper" / "pretrain_b16.toml").read_text()
+
+
+FLOWERS = """
+name = "fl"
+[model]
+name = "ViT-Mu/4"
+[pretrain]
+image_size = 16
+steps = 4
+warmup_steps = 1
+[fewshot]
+shots = [1, 25]
+[[transfer]]
+data = "digits"
+[[transfer]]
+data = "torchvision:Flowers102"
+{shots}
+"""
+
+
+def test_shots_a_known_dataset_cannot_give_are_a_recipe_error(write_recipe, monkeypatch):
+    from vitrun.data import sources, tv
+
+    monkeypatch.setattr(tv, "check", lambda name, options, cache_dir=None: None)
+    sources.check.cache_clear()
+    with pytest.raises(RecipeError, match=r"fewshot.shots: 25 shots per class, but transfer\[1\] \(torchvision:Flowers102\) has only 10"):
+        load(str(write_recipe(FLOWERS.format(shots=""))))
+    loaded = load(str(write_recipe(FLOWERS.format(shots="shots = [1, 5, 10]"))))
+    fewshot = [s.config["fewshot"]["shots"] for s in plan(loaded.variants) if s.kind == "fewshot" and "Flowers" in s.data]
+    assert fewshot == [1, 5, 10]
+    sources.check.cache_clear()
