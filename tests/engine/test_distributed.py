@@ -193,3 +193,33 @@ def test_channels_last_only_for_convnets():
     assert not cpu.prepare(resnet_like) and not cpu.fused  # CPU keeps the plain paths
     x = cpu.images(torch.zeros(2, 3, 8, 8), channels_last=True)
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+# -- the launcher ------------------------------------------------------------------------------
+
+def test_relaunch_command_drops_the_option_and_keeps_the_rest():
+    argv = ["recipe", "x.toml", "--nproc-per-node", "4", "--set", "pretrain.steps=5", "--nproc-per-node=4"]
+    assert distributed.strip_option(argv, "--nproc-per-node") == ["recipe", "x.toml", "--set", "pretrain.steps=5"]
+    command = distributed.relaunch_argv(4, ["recipe", "x.toml"])
+    assert command[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m", "vitrun", "recipe", "x.toml"]
+
+
+@pytest.mark.parametrize("rank, code, written", [("0", 1, "1"), ("0", None, "0"), ("1", 2, None)])
+def test_ranks_under_the_launcher_exit_0_and_rank_0_leaves_its_status(tmp_path, monkeypatch, rank, code, written):
+    status = tmp_path / "exit"
+    monkeypatch.setenv(distributed.EXIT_FILE_ENV, str(status))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    with pytest.raises(SystemExit) as caught:
+        with distributed.exit_under_launcher():
+            raise SystemExit(code)
+    assert caught.value.code == 0
+    assert (status.read_text() if status.exists() else None) == written
+
+
+def test_outside_the_launcher_exit_status_is_untouched(monkeypatch):
+    monkeypatch.delenv(distributed.EXIT_FILE_ENV, raising=False)
+    with pytest.raises(SystemExit) as caught:
+        with distributed.exit_under_launcher():
+            raise SystemExit(2)
+    assert caught.value.code == 2

@@ -187,7 +187,7 @@ def relaunch(nproc: int, argv: list[str]) -> int:
 
     The ranks exit 0 and rank 0 leaves its status in a file (`exit_under_launcher`): a failed
     stage is then the one line vitrun prints, not also torchrun's ChildFailedError report. A
-    rank that crashes outright still fails torchrun, whose status is returned then. SIGTERM
+    rank that crashes outright still fails torchrun, whose status is returned when rank 0's is 0. SIGTERM
     (a scheduler's preemption) is passed on to torchrun, which passes it to every rank.
     """
     import signal
@@ -207,10 +207,11 @@ def relaunch(nproc: int, argv: list[str]) -> int:
                     continue
         finally:
             signal.signal(signal.SIGTERM, previous)
-        if code == 0 and os.path.isfile(status_file):
+        ours = 0
+        if os.path.isfile(status_file):  # torchrun itself fails after a SIGTERM: vitrun's 130 says more
             with open(status_file) as f:
-                return int(f.read().strip() or 0)
-        return code
+                ours = int(f.read().strip() or 0)
+        return ours or code
 
 
 class exit_under_launcher:
