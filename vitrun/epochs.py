@@ -36,7 +36,8 @@ def resolve(variant: dict[str, Any]) -> list[str]:
     if isinstance(pretrain, dict) and "epochs" in pretrain:
         images = _pretrain_images(pretrain)
         notes.append(_convert("pretrain", pretrain, images, pretrain.get("batch_size", 4096), f"{pretrain.get('data', 'fractal')}"))
-    transfers = [t for t in variant.get("transfer", []) if isinstance(t, dict)]
+    listed = variant.get("transfer", [])  # a wrong type is the schema's to report, after this
+    transfers = [t for t in listed if isinstance(t, dict)] if isinstance(listed, list) else []
     finetune = variant.get("finetune")
     if isinstance(finetune, dict) and "epochs" in finetune:
         sizes = {_transfer_images(t, i) for i, t in enumerate(transfers)}
