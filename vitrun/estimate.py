@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -65,6 +66,7 @@ def _rate_key(stage: Any) -> tuple[str, int]:
     return json.dumps(stage.config["model"], sort_keys=True), min(stage.training["image_size"], MEASURE_MAX_IMAGE)
 
 
+@functools.lru_cache(maxsize=256)  # a process planning many recipes (tests, notebooks) times each model once
 def _step_seconds(spec, image_size: int, batch: int, device: str) -> float:
     import torch
     import torch.nn.functional as F
