@@ -48,7 +48,7 @@ def test_smoke_replaces_datasets_keeps_classes_options_and_labels():
     raw["model"]["classifier"] = "gap"
     small = smoke.shrink(raw)
     assert small["name"] == "pretrain_b16-smoke"
-    assert small["model"] == {"name": "ViT-Mu/4", "classifier": "gap"}
+    assert small["model"] == {"name": "ViT-Mu/4", "label": "ViT-B/16", "classifier": "gap"}
     p = small["pretrain"]
     assert (p["data"], p["classes"], p["name"], p["steps"], p["image_size"]) == ("fractal", 10, "ImageNet-21k", smoke.SMOKE_STEPS, smoke.SMOKE_IMAGE)
     assert "epochs" not in p and p["warmup_steps"] < p["steps"]
@@ -63,9 +63,9 @@ def test_smoke_replaces_datasets_keeps_classes_options_and_labels():
 def test_smoke_keeps_swept_values_distinct_and_ordered():
     raw = {"name": "s", "model": {"name": "ViT-B/16"}, "pretrain": {"data": "hf:timm/imagenet-22k-wds", "steps": 10},
            "sweep": {"pretrain.size": [9_000_000, 1_000_000, 3_000_000], "model": ["ViT-B/16", "R50x1"]}}
-    sweep = smoke.shrink(raw)["sweep"]
-    assert sweep["pretrain.size"][1] < sweep["pretrain.size"][2] < sweep["pretrain.size"][0]
-    assert sweep["model"] == ["ViT-Mu/4", "R14x0.25"]
+    vit, resnet = smoke.shrink(raw)["sweep"]  # one table per model: each labelled with its full-scale name
+    assert vit["pretrain.size"][1] < vit["pretrain.size"][2] < vit["pretrain.size"][0] and vit["pretrain.size"] == resnet["pretrain.size"]
+    assert (vit["model.name"], vit["model.label"], resnet["model.name"], resnet["model.label"]) == (["ViT-Mu/4"], ["ViT-B/16"], ["R14x0.25"], ["R50x1"])
 
 
 def test_smoke_runs_a_full_scale_recipe_end_to_end(tmp_path):

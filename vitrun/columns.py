@@ -27,7 +27,7 @@ def stage_row(record: dict[str, Any]) -> dict[str, Any]:
     config = record.get("config", {})
     row: dict[str, Any] = {"experiment": record.get("experiment"), "key": record.get("key"), "kind": record.get("kind"), "status": record.get("status") or "done"}
     row.update(flatten(config))
-    row["model"] = config.get("model", {}).get("name")
+    row["model"] = config.get("model_label") or config.get("model", {}).get("name")
     pretrain = config.get("pretrain") or {}
     transfer = config.get("transfer") or {}
     row["data"] = transfer.get("name") or transfer.get("data") or pretrain.get("name") or pretrain.get("data")

@@ -30,7 +30,7 @@ class Stage:
 
     @property
     def model(self) -> str:
-        return self.config["model"]["name"]
+        return self.config.get("model_label") or self.config["model"]["name"]
 
     @property
     def data(self) -> str:
@@ -105,6 +105,8 @@ def _variant_stages(recipe: Recipe) -> list[Stage]:
     }
     if recipe.model.init:  # only when set: recipes without one keep their keys
         upstream["init"] = recipe.model.init
+    if recipe.model.label:  # likewise
+        upstream["model_label"] = recipe.model.label
     pretrain = make_stage("pretrain", upstream)
     out = [pretrain]
     for transfer in recipe.transfer:

@@ -51,6 +51,9 @@ class ModelConfig(BaseModel):
     # its cache) or "npz:PATH" (an official Google checkpoint; a relative path is relative to
     # where vitrun runs, as data paths are).
     init: Optional[str] = None
+    # The name tables show for this model (default: `name`): `--smoke` trains "ViT-B/16" as a
+    # tiny stand-in labelled "ViT-B/16", so its tables (and the paper beside them) are the real ones.
+    label: Optional[str] = None
 
     @field_validator("init")
     @classmethod

@@ -14,7 +14,9 @@ recipe:
 * models shrink within their family, keeping every option but the size ones: ViT-Ti/S/B →
   ViT-Mu, ViT-L/H → ViT-Mi, patches /14 /16 → /4 and /32 → /8; BiT R<depth>x<k> → R14x(k/4,
   at least 0.25: GroupNorm's 32 groups need 16+ channels);
-  hybrids → R14x0.25+ViT-Mu/8 (or Mi); `model.init` (downloaded weights) is dropped;
+  hybrids → R14x0.25+ViT-Mu/8 (or Mi); `model.init` (downloaded weights) is dropped; each
+  keeps its full-scale name as `model.label`, so tables (and the paper's numbers beside them,
+  `vitrun report --paper`) are the ones the real run will show;
 * swept values that differ (sizes, steps) stay distinct, in the same order, so no variant
   merges into another; [[expect]] cells (full-scale targets) are dropped;
 * the experiment is `<name>-smoke`, so smoke results never mix with real ones.
@@ -70,8 +72,8 @@ def shrink(raw: dict[str, Any]) -> dict[str, Any]:
     per_class = max(SMOKE_PER_CLASS, shots + 4)
 
     model = out.setdefault("model", {})
-    if "name" in model:
-        model["name"] = shrink_model(model["name"])
+    if isinstance(model.get("name"), str) and shrink_model(model["name"]) != model["name"]:
+        model["label"], model["name"] = model["name"], shrink_model(model["name"])
     for key in _SIZE_OPTIONS + ("init",):
         model.pop(key, None)
 
@@ -95,7 +97,10 @@ def shrink(raw: dict[str, Any]) -> dict[str, Any]:
         analysis["images"] = min(analysis.get("images", 8), 8)
     # Tiny models on one thread: splitting 64-wide matrices over cores costs more than it gains.
     out.setdefault("run", {})["threads"] = 1
-    for table in _sweep_tables(out):
+    tables = _one_table_per_model(_sweep_tables(out))
+    if tables != _sweep_tables(out):
+        out["sweep"] = tables
+    for table in tables:
         _shrink_sweep(table, pretrain)
     return out
 
@@ -134,6 +139,7 @@ def _shrink_sweep(table: dict[str, Any], pretrain: dict[str, Any]) -> None:
     rules: dict[str, Callable[[list[Any]], list[Any]]] = {
         "model": lambda vs: [shrink_model(v) if isinstance(v, str) else v for v in vs],
         "model.name": lambda vs: [shrink_model(v) if isinstance(v, str) else v for v in vs],
+        "model.label": lambda vs: vs,
         "pretrain.data": lambda vs: ["fractal" for _ in vs],
         "pretrain.classes": lambda vs: _ranked(vs, 2, 2),
         "pretrain.size": lambda vs: _ranked(vs, pretrain["classes"] * SMOKE_PRETRAIN_PER_CLASS, pretrain["classes"] * 2),
@@ -157,6 +163,21 @@ def _shrink_sweep(table: dict[str, Any], pretrain: dict[str, Any]) -> None:
         table["pretrain.steps"] = table.pop("pretrain.epochs")
     if "pretrain.data" in table:  # every value is now "fractal": one stand-in, not a duplicate variant each
         table["pretrain.data"] = ["fractal"]
+
+
+def _one_table_per_model(tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A swept model becomes one [[sweep]] table per model, each also setting `model.label` to
+    the full-scale name, so the tables name the models the recipe is about."""
+    out = []
+    for table in tables:
+        key = next((k for k in ("model", "model.name") if isinstance(table.get(k), list)), None)
+        names = table[key] if key else []
+        if not names or not all(isinstance(n, str) and shrink_model(n) != n for n in names):
+            out.append(table)
+            continue
+        rest = {k: v for k, v in table.items() if k != key}
+        out += [{**rest, "model.name": [name], "model.label": [name]} for name in names]
+    return out
 
 
 def _ranked(values: list[Any], start: int, step: int) -> list[Any]:
