@@ -119,6 +119,8 @@ def _variant_stages(recipe: Recipe) -> list[Stage]:
             finetune = _without_unused_regularisers(recipe.finetune_for(transfer).model_dump(mode="json"), recipe)
             finetune["image_size"] = finetune["image_size"] or finetune_image_size(recipe, transfer.data)
             finetune["warmup_steps"] = finetune_warmup(finetune["steps"], finetune["warmup_steps"])
+            if ":" in transfer.data:  # a real dataset: its crops and test view are vit_jax's (see FINETUNE_VIEWS)
+                base = {**base, "finetune_views": FINETUNE_VIEWS}
             # A list of rates: one dev-split trial each, then the final run with the best.
             # Trials never keep weights: save_weights keys only the final run.
             trial = {k: v for k, v in finetune.items() if k != "save_weights"}
@@ -143,6 +145,13 @@ def model_config(recipe: Recipe) -> dict[str, Any]:
         model["pre_logits"] = False
     return model
 
+
+# How fine-tuning sees a real dataset's images, in the stage key of its fine-tuning stages: the
+# inception crop for training and the whole image for testing, as vit_jax. Fine-tuning results
+# from before (a "resize" crop and a centre-crop test view) are another protocol: they re-run,
+# never mix in. Embedded sets are generated square at the target size, where both views are
+# the image itself: their keys are unchanged.
+FINETUNE_VIEWS = {"train": "inception", "test": "full"}
 
 FINETUNE_IMAGE_SIZE = 384  # Table 4: fine-tuning resolution of every real transfer set
 

@@ -26,7 +26,7 @@ from vitrun.engine.extras import StageExtras
 from vitrun.engine.loop import LoopSettings, decay_groups, supervised, train
 from vitrun.evals.fewshot import LinearFewshot
 from vitrun.models.vit import set_regularisation
-from vitrun.plan import Stage
+from vitrun.plan import FINETUNE_VIEWS, Stage
 from vitrun.schema import FinetuneConfig, PretrainConfig, RunConfig
 from vitrun.paper.real import PREDICTIONS_FILE, predictions_bytes
 from vitrun.store import StageDir, Store, write_atomic
@@ -35,7 +35,7 @@ EVAL_BATCH = 256
 # Fine-tuned models are scored on vit_jax's evaluation view (the whole image resized to the
 # fine-tuning resolution), the pipeline their training crop comes from; pre-training tests and
 # few-shot features keep the centre crop (big_vision's few-shot view is a central crop too).
-FINETUNE_EVAL_VIEW = "full"
+FINETUNE_EVAL_VIEW = FINETUNE_VIEWS["test"]  # "full"
 
 
 @dataclass
