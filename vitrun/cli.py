@@ -751,6 +751,9 @@ def _plan_table(experiment: str, stages, store, swept=(), gpu: str = "a100"):
 def _print_report(store, experiments, fmt, out_dir, console, paper=False, figures=False, real=None, allow_missing=False, run=None, every_run=False, curves=False) -> list:
     """Print (and with out_dir write) each experiment's report; returns the [[expect]] cells
     that miss, as (experiment, outcome)."""
+    from vitrun.rows import read_ahead
+
+    read = read_ahead(store, experiments)  # first: records are read while pandas loads
     import json
 
     from pydantic import ValidationError
@@ -763,10 +766,10 @@ def _print_report(store, experiments, fmt, out_dir, console, paper=False, figure
     problems = []
     for name in experiments:
         source = (store.recipe(name) or {}).get("path", name)
-        scan = store.scan(name)  # read and verified once: records for the tables, problems listed under them
-        problems += scan.problems
+        rows, unverified = read(name)  # read and verified once: rows for the tables, problems listed under them
+        problems += unverified
         try:
-            built = reporting.build(store, name, paper=paper, real=real, run=run, every_run=every_run, records=scan.records)
+            built = reporting.build(store, name, paper=paper, real=real, run=run, every_run=every_run, rows=rows)
         except report.ReportError as err:  # one experiment's bad table: said in one line, the others still print
             broken.append(f"{source}: {err}")
             continue

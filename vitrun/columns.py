@@ -5,6 +5,7 @@ anything runs without importing pandas (about a second of start-up)."""
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any, Collection, Iterable
 
 from vitrun.paper import PAPER_COST_COLUMNS, section_dataset
@@ -41,6 +42,19 @@ def stage_row(record: dict[str, Any]) -> dict[str, Any]:
     row.update({"wall_time_s": record.get("wall_time_s"), "flops": record.get("flops"), "device": record.get("device")})
     row["versions"] = " ".join(f"{k} {v}" for k, v in sorted((record.get("versions") or {}).items())) or None
     return row
+
+
+def columnar(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows as one list per column, in order of first appearance, NaN where a row lacks the
+    column (as pandas fills records): what a DataFrame is built from and what pickles fast."""
+    out: dict[str, list[Any]] = {}
+    for i, row in enumerate(rows):
+        for key, value in row.items():
+            column = out.get(key)
+            if column is None:
+                column = out[key] = [math.nan] * len(rows)
+            column[i] = value
+    return out
 
 
 def planned_columns(stages: Iterable[Any]) -> set[str]:

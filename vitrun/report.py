@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from vitrun.schema import TableSpec
-from vitrun.columns import ReportError, check_name, stage_row
+from vitrun.columns import ReportError, check_name, columnar, stage_row
 from vitrun.store import STAGE_FILE, Store
 
 FORMATS = ("table", "markdown", "csv", "latex", "json")
@@ -60,7 +60,7 @@ class Table:
         return len(counts) <= 1
 
 
-def load_frame(store: Store, experiment: str | None = None, records: Iterable[dict[str, Any]] | None = None) -> pd.DataFrame:
+def load_frame(store: Store, experiment: str | None = None, records: Iterable[dict[str, Any]] | None = None, rows: dict[str, list[Any]] | None = None) -> pd.DataFrame:
     """One row per recorded stage: dotted config columns, metrics, cost, status.
 
     Short aliases sit beside the dotted columns: `model` (model.name), `data` (the
@@ -69,14 +69,23 @@ def load_frame(store: Store, experiment: str | None = None, records: Iterable[di
     stage's image size), `pretrain_set` and `transfer_set` (the paper's dataset names
     where a source is one, see `vitrun.paper.paper_dataset`), `pretrain_key` (the
     pre-training a transfer stage starts from) and `pretrain_exaflops` (that
-    pre-training's training FLOPs / 1e18, the compute axis of Figure 5).
+    pre-training's training FLOPs / 1e18, the compute axis of Figure 5). `rows`: the records'
+    rows when already made, column by column (`vitrun.rows`).
     """
+    if rows is not None:
+        return frame_from_columns(rows)
     return frame_of(store.records(experiment) if records is None else records)
 
 
 def frame_of(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """`load_frame` over any stage records (read from a store, or built by tests)."""
-    frame = pd.DataFrame([stage_row(record) for record in records])
+    return frame_from_columns(columnar([stage_row(record) for record in records]))
+
+
+def frame_from_columns(columns: dict[str, list[Any]]) -> pd.DataFrame:
+    """The frame of `columns.stage_row` rows given column by column (`columns.columnar`), with
+    the columns derived across rows."""
+    frame = pd.DataFrame(columns)
     if not frame.empty and "accuracy" not in frame:  # every stage failed: still a table of statuses
         frame["accuracy"] = float("nan")
     if not frame.empty:

@@ -66,14 +66,15 @@ class ExperimentReport:
 
 
 def build(store: Store, name: str, paper: bool = False, real: list[list[int]] | None = None,
-          run: str | None = None, every_run: bool = False, records: list[dict[str, Any]] | None = None) -> ExperimentReport:
+          run: str | None = None, every_run: bool = False, records: list[dict[str, Any]] | None = None,
+          rows: dict[str, list[Any]] | None = None) -> ExperimentReport:
     """`real`: ReaL labels (`vitrun.paper.real.load_real_labels`) to score ImageNet stages with.
     `run`: whose stages the tables show (a `LoadedRecipe.run_label`; default the recipe as
     written, else the latest run); `every_run`: every stage, with a `run` row level naming
     each stage's run. `records`: the experiment's verified records when already read
-    (`Store.scan`), else they are read here. Raises report.ReportError (a table names an unknown column) or
+    (`Store.scan`), or their rows (`vitrun.rows`), else they are read here. Raises report.ReportError (a table names an unknown column) or
     ValueError (a bad [[expect]])."""
-    frame, real_notes = report.load_frame(store, name, records), []
+    frame, real_notes = report.load_frame(store, name, records, rows), []
     saved = store.recipe(name) or {}
     unfinished = report.unfinished_stages(store, name, frame["key"].dropna() if "key" in frame else ())
     frame, run_notes = _one_run(frame, saved.get("runs") or [], run, every_run)

@@ -265,14 +265,14 @@ class Store:
         """Every verified record (any status), and a Problem for each stage.json that does not verify."""
         out = Scan()
         for name in [experiment] if experiment else self.experiments():
-            for path in self._stage_files(name):
+            for path in self.stage_files(name):
                 try:
                     out.records.append(parse_record(Path(path)))
                 except BrokenRecord as err:
                     out.problems.append(Problem(err.path, err.reason))
         return out
 
-    def _stage_files(self, experiment: str) -> list[str]:
+    def stage_files(self, experiment: str) -> list[str]:
         """The stage.json of every stage folder, in key order (one directory read and plain
         strings: 10,000 stages are listed in milliseconds)."""
         folder = os.path.join(self.root, experiment)
