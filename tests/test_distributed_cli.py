@@ -161,7 +161,7 @@ def test_a_stage_locked_by_another_runner_is_taken_up_at_the_end(tmp_path, monke
     from vitrun.recipe import load
 
     recipe = tmp_path / "ddp.toml"
-    recipe.write_text(RECIPE.replace("steps = 12", "steps = 2"))
+    recipe.write_text(RECIPE.replace("steps = 12", "steps = 2").replace("warmup_steps = 2", "warmup_steps = 1"))
     results = tmp_path / "r"
     finetune = next(s for s in plan(load(str(recipe)).variants) if s.kind == "finetune")
     held, release = threading.Event(), threading.Event()

@@ -145,10 +145,12 @@ def train(
     first_bad = torch.tensor(-1, dtype=torch.int64, device=device)
     bad_loss = torch.zeros((), dtype=torch.float64, device=device)
 
+    writer = checkpoint.BackgroundWriter()  # the step goes on while the disk writes
+
     def save(at: int) -> None:
         if main:
             state = {"loss_sum": float(loss_sum), "loss_count": loss_count, "last_loss": last_loss, "env": started_with, "extras": {type(e).__name__: e.state_dict() for e in extras}}
-            checkpoint.save(stage_dir.checkpoint_file, model, optimizer, at, state, settings.keep_checkpoints)
+            writer.save(stage_dir.checkpoint_file, model, optimizer, at, state, settings.keep_checkpoints)
 
     def check_finite() -> None:
         """Raise Diverged on every rank alike (a meeting point: every rank calls it at one step)."""
@@ -203,7 +205,13 @@ def train(
             # step leaves the last checkpoint as it is (resuming from it stays exact).
             if step > start and at_boundary and int(first_bad) < 0:
                 save(step)
+            writer.wait()
             raise distributed.agreed(Interrupted(f"stopped at step {step} of {settings.steps}; run the same command again to resume")) from None
+        except BaseException:
+            with contextlib.suppress(Exception):  # the stage's own error is the one to report
+                writer.wait()
+            raise
+    writer.wait()  # on disk before the stage ends (finishing removes the checkpoint)
     for group, base in zip(optimizer.param_groups, base_lrs):
         group["lr"] = base  # leave the optimizer as configured
     return {"final_loss": last_loss, "steps": settings.steps}
