@@ -51,7 +51,7 @@ tensorboard = true
 def test_finetune_keeps_and_saves_the_best_averaged_weights(tmp_path, monkeypatch):
     scores, seen = iter([0.1, 0.9, 0.5]), []
 
-    def scripted(model, images, image_size, ctx):  # the held-out evaluations, in step order
+    def scripted(model, images, image_size, ctx, view="center"):  # the held-out evaluations, in step order
         assert abs(model.blocks[-1].drop_path.rate - 0.1) < 1e-6 and model.pos_drop.p == 0.1, "the stage's regularisation is set"
         seen.append(({k: v.detach().clone() for k, v in model.state_dict().items()}, len(images)))
         return next(scores)
