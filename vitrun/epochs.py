@@ -71,14 +71,14 @@ def _convert(where: str, section: dict[str, Any], images: int, batch_size: Any, 
 
 def _pretrain_images(pretrain: dict[str, Any]) -> int:
     if pretrain.get("size"):
-        return int(pretrain["size"])
+        return _number(pretrain, "size", "pretrain")
     return _source_images(pretrain, "pretrain")
 
 
 def _transfer_images(transfer: dict[str, Any], i: int) -> int:
     where = f"transfer[{i}]"
     if transfer.get("per_class"):
-        return int(transfer["per_class"]) * _classes(transfer, where)
+        return _number(transfer, "per_class", where) * _classes(transfer, where)
     return _source_images(transfer, where)
 
 
@@ -86,22 +86,33 @@ def _classes(section: dict[str, Any], where: str) -> int:
     from vitrun.data import known
 
     if section.get("classes"):
-        return int(section["classes"])
+        return _number(section, "classes", where)
     holds = known.lookup(section.get("data", "fractal"))
     if holds is None:
         raise EpochsError(f"{where}.classes: per_class needs the number of classes to count an epoch; give classes, or steps instead of epochs")
     return holds.classes
 
 
+def _number(section: dict[str, Any], key: str, where: str) -> int:
+    """A count an epoch is measured in; anything but a positive integer is a recipe error."""
+    value = section[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise EpochsError(f"{where}.{key}: expected a positive whole number, got {value!r}")
+    return value
+
+
 def _source_images(section: dict[str, Any], where: str) -> int:
     data = section.get("data", "fractal")
+    if not isinstance(data, str):
+        raise EpochsError(f"{where}.data: expected a dataset name such as \"fractal\" or \"hf:ID\", got {data!r}")
     kind, _, target = data.partition(":")
     if not target:  # embedded
         from vitrun import data as sources
 
         generator = sources.GENERATORS.get(data)
         if generator is not None:
-            return int(section.get("classes") or generator.DEFAULT_CLASSES) * generator.DEFAULT_PER_CLASS
+            classes = _number(section, "classes", where) if section.get("classes") else generator.DEFAULT_CLASSES
+            return classes * generator.DEFAULT_PER_CLASS
     counted = _count_local(kind, target, section) if target else None
     if counted is not None:
         return counted
