@@ -21,16 +21,6 @@ from vitrun.durable import write_stream_atomic
 UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile)
 
 
-def save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, loop: dict[str, Any] | None = None, keep: int = 1) -> None:
-    """`loop`: the training loop's own running values (partial loss sums), so a resumed run logs
-    exactly what an uninterrupted one logs. `keep` > 1 also keeps the last `keep` checkpoints as
-    `checkpoint-<step>.pt` (hard links: no extra disk for the newest).
-
-    The RNG saved is this process's (rank 0's) CPU state and its own CUDA device's: a resume on
-    any number of devices restores it on each device present (not indexed by the old count)."""
-    _write(path, _state(model, optimizer, step, loop), step, keep)
-
-
 def _state(model: nn.Module, optimizer: torch.optim.Optimizer, step: int, loop: dict[str, Any] | None, copy: bool = False) -> dict[str, Any]:
     """What a checkpoint holds; `copy`: every tensor copied to the CPU, so training may go on
     changing the weights while the copy is written."""
@@ -77,6 +67,12 @@ class BackgroundWriter:
         self._error: BaseException | None = None
 
     def save(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, loop: dict[str, Any] | None = None, keep: int = 1) -> None:
+        """`loop`: the training loop's own running values (partial loss sums), so a resumed run
+        logs exactly what an uninterrupted one logs. `keep` > 1 also keeps the last `keep`
+        checkpoints as `checkpoint-<step>.pt` (hard links: no extra disk for the newest).
+
+        The RNG saved is this process's (rank 0's) CPU state and its own CUDA device's: a resume
+        on any number of devices restores it on each device present (not indexed by the old count)."""
         self.wait()
         state = _state(model, optimizer, step, loop, copy=True)
 
