@@ -91,7 +91,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
         loaded = load(recipe, overrides, smoke=smoke, offline=dry_run)
     except RecipeError as err:
         _fail(str(err))
-    for warning in loaded.warnings:
+    for warning in loaded.warnings if main_rank else ():  # once, not once per rank
         click.echo(f"warning: {warning}", err=True)
     stages = planning.plan(loaded.variants)
     store = Store(results)
@@ -111,7 +111,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
     if nproc and nproc > 1 and not distributed.launched():
         sys.exit(distributed.relaunch(nproc, distributed.strip_option(sys.argv[1:], "--nproc-per-node")))
     from vitrun.engine import Interrupted
-    from vitrun.runner import ResultsUnwritable, print_summary, run_plan
+    from vitrun.runner import CannotStart, ResultsUnwritable, print_summary, run_plan
 
     if not stages:
         console.print("Nothing to run (no stages in this shard or plan); nothing written")
@@ -120,6 +120,8 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
         summary = run_plan(loaded, stages, store, console, cache_dir, fail_fast)
     except ResultsUnwritable as err:
         _fail(str(err), EXIT_FAILED)
+    except CannotStart as err:  # the recipe asks for what this machine lacks: usage, exit 2
+        _fail(f"{loaded.path}: {err}")
     except Interrupted as err:  # training checkpointed before stopping
         _fail(f"interrupted: {err}", EXIT_INTERRUPTED)
     except KeyboardInterrupt:  # Ctrl-C between stages: finished stages are already saved
@@ -341,13 +343,13 @@ def bench_model_cmd(name, image_size, batch_size, repeats, device, precision, op
     turns so a busy machine favours neither. Needs timm for the comparison (pip install timm).
     """
     from vitrun.benchmark import bench_model
-    from vitrun.engine.device import place
+    from vitrun.engine.device import FLAG_SETTING, place
     from vitrun.models import spec
 
     fields = _options(options)
     try:
         spec(name, **fields)
-        placement = place(device, precision)
+        placement = place(device, precision, setting=FLAG_SETTING)
         timings = bench_model(name, placement, image_size, batch_size, repeats, **fields)
     except (ValueError, RuntimeError) as err:
         _fail(str(err))
@@ -384,13 +386,13 @@ def bench_train_cmd(name, batch_size, image_size, precision, compile_, device, c
     `bench model` also times inference.
     """
     from vitrun.benchmark import bench_train
-    from vitrun.engine.device import place
+    from vitrun.engine.device import FLAG_SETTING, place
     from vitrun.models import spec
 
     fields = _options(options)
     try:
         spec(name, **fields)
-        placement = place(device, precision, compile=compile_)
+        placement = place(device, precision, compile=compile_, setting=FLAG_SETTING)
         timings, peak = bench_train(name, placement, image_size, batch_size, repeats, compare=compare == "timm", **fields)
     except (ValueError, RuntimeError) as err:
         _fail(str(err))
@@ -479,7 +481,7 @@ def analyze_cmd(target, whats, source, images, out_dir, device, results, cache_d
 
     chosen = analyze.WHATS if "all" in whats else tuple(dict.fromkeys(whats))
     try:
-        placement = place(device, "fp32")
+        placement = place(device, "fp32", setting=FLAG_SETTING)
         targets = analyze.resolve(target, Store(results), out_dir)
         console = _console()
         for one in targets:
@@ -538,11 +540,11 @@ def bench_inference_cmd(model_names, sizes, device, batch, repeats, max_batch, m
     estimated on a CPU from the peak memory of two passes (see vitrun/benchmark.py).
     """
     from vitrun import benchmark
-    from vitrun.engine.device import place
+    from vitrun.engine.device import FLAG_SETTING, place
     from vitrun.models import spec
 
     try:
-        placement = place(device, "auto", threads=threads)
+        placement = place(device, "auto", threads=threads, setting=FLAG_SETTING)
         on_gpu = placement.device.type == "cuda"
         names = [n.strip() for n in model_names.split(",") if n.strip()] if model_names else list(benchmark.FIGURE12_MODELS if on_gpu else benchmark.CPU_MODELS)
         for name in names:
@@ -600,7 +602,7 @@ def evaluate_cmd(target, source, split, image_size, batch_size, options, fmt, ou
     import json
 
     from vitrun import data, trained
-    from vitrun.engine.device import place
+    from vitrun.engine.device import FLAG_SETTING, place
     from vitrun.evals.evaluate import evaluate, save_confusion_png
     from vitrun.report import slug
     from vitrun.store import Store
@@ -614,7 +616,7 @@ def evaluate_cmd(target, source, split, image_size, batch_size, options, fmt, ou
         images = {"test": ds.test, "train": ds.train, "validation": ds.validation}[split]
         if images is None:
             raise ValueError(f"{source} has no validation split; use --split test or train")
-        result = evaluate(model.model, images, size, place(device), batch_size)
+        result = evaluate(model.model, images, size, place(device, setting=FLAG_SETTING), batch_size)
     except (trained.TargetError, data.SourceError, ValueError, RuntimeError) as err:
         _fail(str(err))
     out = Path(out_dir) if out_dir else trained.default_out(model, f"evaluation/{slug(source)}-{split}", Path("evaluation") / slug(f"{target}-{source}-{split}"))

@@ -30,6 +30,11 @@ class ResultsUnwritable(Exception):
     str() is one line naming the path and what to do."""
 
 
+class CannotStart(Exception):
+    """The run cannot start on this machine as the recipe asks (a device that is not here);
+    str() is one line naming the setting and a fix."""
+
+
 @dataclass
 class RunSummary:
     ran: list[str] = field(default_factory=list)
@@ -129,10 +134,15 @@ def _run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: 
 
     import torch  # heavy: only when there is work to do
 
-    from vitrun.engine.device import place
+    hide_shared_warnings(world)
+
+    from vitrun.engine.device import DeviceError, place
     from vitrun.stages import Context
 
-    placement = place(run.device, run.precision, run.compile, run.threads, index=world.local_rank if world.distributed else None)
+    try:
+        placement = place(run.device, run.precision, run.compile, run.threads, index=world.local_rank if world.distributed else None)
+    except DeviceError as err:
+        raise CannotStart(str(err)) from None
     ranks = f" × {world.size} processes" if world.distributed else ""
     console.print(f"Running {len(todo)} stages on {placement.describe()}{ranks}")
     with RunProgress(console, len(todo)) as progress:
@@ -170,6 +180,19 @@ def _run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: 
             if outcome == "done":
                 summary.ran.append(stage.key)
     return summary
+
+
+def hide_shared_warnings(world: distributed.World) -> None:
+    """On ranks other than 0, hide warnings about a whole source (data.options.SourceWarning):
+    every rank loads the same source and would repeat them. Warnings about one image stay: each
+    rank reads other images."""
+    if world.is_main():
+        return
+    import warnings
+
+    from vitrun.data.options import SourceWarning
+
+    warnings.filterwarnings("ignore", category=SourceWarning)
 
 
 def _join(device: str) -> distributed.World:

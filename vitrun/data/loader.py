@@ -32,6 +32,7 @@ from PIL import Image
 from vitrun.data import augment, gpu_decode, transforms
 from vitrun.data.imageset import ImageSet
 from vitrun.data.lazy import LazyImageSet
+from vitrun.data.options import SourceWarning
 from vitrun.data.streaming import StreamImageSet
 from vitrun.data.streaming import train_batches as stream_batches
 
@@ -54,7 +55,7 @@ class LoaderSettings:
             return False
         if gpu_decode.usable(self.device):
             return True
-        warnings.warn(f"decode = \"gpu\" needs a CUDA device and torchvision; the training device is {self.device}: decoding on the CPU")
+        warnings.warn(f"decode = \"gpu\" needs a CUDA device and torchvision; the training device is {self.device}: decoding on the CPU", SourceWarning)
         return False
 
     @staticmethod

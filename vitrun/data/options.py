@@ -25,6 +25,12 @@ class SourceError(ValueError):
         return (type(self), (self.key, str(self)))
 
 
+class SourceWarning(UserWarning):
+    """Something about a whole source that every rank sees alike (samples left out, a decoder
+    fallback): under torchrun only rank 0 shows it. Warnings about one image stay plain
+    UserWarnings, since each rank reads other images."""
+
+
 @dataclass(frozen=True)
 class SourceOptions:
     """Per-source settings; None means "the source's own default" (documented per field)."""

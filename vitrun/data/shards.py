@@ -159,7 +159,9 @@ def index_tars(shards: list[str], image_ext: str, label_ext: str, cache_dir, sou
         if dropped:
             import warnings
 
-            warnings.warn(f"{source}: {dropped} samples lack a .{image_ext} or .{label_ext} member and are left out")
+            from vitrun.data.options import SourceWarning
+
+            warnings.warn(f"{source}: {dropped} samples lack a .{image_ext} or .{label_ext} member and are left out", SourceWarning)
         return _join(shards, [(p[0], p[1], p[2]) for p in parts])
 
     return _cached(shards, ("tar", image_ext, label_ext), cache_dir, build)

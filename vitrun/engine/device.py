@@ -46,17 +46,34 @@ class Placement:
         return f"{name}, {'bf16 autocast' if self.dtype else 'fp32'}{', compiled' if self.compile else ''}"
 
 
-def place(device: str = "auto", precision: str = "auto", compile: bool = False, threads: int | None = None, index: int | None = None) -> Placement:
-    """index: this rank's GPU under torchrun (LOCAL_RANK); it overrides the device's own index."""
+class DeviceError(ValueError):
+    """The device asked for cannot be used here; str() is one line naming the setting it came
+    from (`--device` or `[run] device`) and a fix."""
+
+
+RECIPE_SETTING = "[run] device"  # where `place`'s device comes from unless a command's flag says
+FLAG_SETTING = "--device"
+
+
+def place(device: str = "auto", precision: str = "auto", compile: bool = False, threads: int | None = None, index: int | None = None, setting: str = RECIPE_SETTING) -> Placement:
+    """index: this rank's GPU under torchrun (LOCAL_RANK); it overrides the device's own index.
+    setting: where `device` came from, named in errors: `[run] device` (a recipe) or `--device`
+    (a command's flag, FLAG_SETTING). Raises DeviceError for a device that cannot be used."""
     if threads:
         torch.set_num_threads(threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    fix = f"use {setting} auto, cpu or cuda" if setting.startswith("--") else f'set {setting} = "auto", "cpu" or "cuda"'
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"{setting} {device!r} is not a device torch knows (cpu, cuda, cuda:1 …); {fix}") from None
     if dev.type == "cuda" and index is not None:
         dev = torch.device("cuda", index)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"run.device = {device!r}, but no CUDA device is available here; use run.device = \"auto\"")
+        raise DeviceError(f"{setting} {device!r}, but no CUDA device is available here; {fix}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"{setting} {device!r}, but this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 …); {fix}")
     if dev.type == "cuda":
         # TF32 tensor cores for the fp32 matmuls and convolutions left outside autocast
         # (fp32 runs, the loss): about 8x the fp32 rate on A100/H100, 10-bit mantissa products.
