@@ -100,13 +100,13 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
         stages = planning.shard(stages, *shard, done=done)
     console = _console()
     world_size = nproc or distributed.env_world_size()
-    splits = _batch_splits(stages, world_size, loaded.variants[0].run.micro_batch)
+    splits = _batch_splits(stages, world_size, loaded.variants[0].run)
     if dry_run:
         for note in loaded.notes:
             console.print(note, soft_wrap=True)
         console.print(_plan_table(loaded.name, stages, store, loaded.swept_keys(), gpu=gpu))
         for line in splits:
-            console.print(line)
+            console.print(line, soft_wrap=True)
         return
     if nproc and nproc > 1 and not distributed.launched():
         sys.exit(distributed.relaunch(nproc, distributed.strip_option(sys.argv[1:], "--nproc-per-node")))
@@ -697,12 +697,14 @@ def _options(items, allowed: tuple[str, ...] | None = None) -> dict:
 
 # -- helpers ---------------------------------------------------------------------------
 
-def _batch_splits(stages, world_size: int, micro_batch) -> list[str]:
-    """`per-device × devices × accumulation = global` per training batch; a batch that does not
-    split is a usage error (exit 2) before anything runs."""
-    from vitrun.engine.distributed import BatchSplitError
+def _batch_splits(stages, world_size: int, run) -> list[str]:
+    """`per-device × devices × accumulation = global` per training batch (micro_batch "auto",
+    the default on CUDA, shows as auto); a batch that does not split is a usage error (exit 2)
+    before anything runs."""
+    from vitrun.engine.distributed import BatchSplitError, device_type, micro_batch_setting
     from vitrun.runner import check_splits
 
+    micro_batch = run.micro_batch if run.micro_batch is not None else micro_batch_setting(None, device_type(run.device))
     try:
         return check_splits(stages, world_size, micro_batch)
     except BatchSplitError as err:

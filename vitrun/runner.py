@@ -111,7 +111,7 @@ def _run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: 
     main = world.is_main()
     if not main:  # rank 0 owns the store and the console; the others compute
         console = Console(quiet=True)
-    check_splits(stages, world.size, run.micro_batch)
+    check_splits(stages, world.size, run.micro_batch)  # auto or not, the same stages split
     status = None
     if main:
         status = {stage.key: store.stage(experiment, stage.key).status() for stage in stages}
@@ -196,10 +196,7 @@ def hide_shared_warnings(world: distributed.World) -> None:
 
 
 def _join(device: str) -> distributed.World:
-    import torch
-
-    kind = "cuda" if device == "auto" and torch.cuda.is_available() else device.split(":")[0]
-    return distributed.join("cuda" if kind == "cuda" else "cpu")
+    return distributed.join(distributed.device_type(device))
 
 
 def _decide(stage: Stage, sd: StageDir, store: Store, experiment: str, held: contextlib.ExitStack, wait: bool, console: Console) -> tuple:
@@ -226,11 +223,12 @@ def _run_one(stage: Stage, sd: StageDir, ctx, experiment: str, world: distribute
     from vitrun.stages import run_stage, training_flops
 
     placement, main = ctx.placement, world.is_main()
-    parallel = _parallel_record(stage, world, ctx.run.micro_batch)
+    parallel = _parallel_record(stage, world, distributed.micro_batch_setting(ctx.run.micro_batch, placement.device.type))
     started = time.perf_counter()
     failure = None
     try:
         metrics = run_stage(stage, ctx)
+        parallel.update(metrics.pop("parallel", {}))  # what "auto" chose
         world.check()  # every rank finished the stage (a late failure elsewhere stops us here)
     except Diverged as err:
         if main:
@@ -265,7 +263,7 @@ def _run_one(stage: Stage, sd: StageDir, ctx, experiment: str, world: distribute
     return "done"
 
 
-def check_splits(stages: list[Stage], world: int, micro_batch: int | None) -> list[str]:
+def check_splits(stages: list[Stage], world: int, micro_batch: int | str | None) -> list[str]:
     """Each distinct training batch as `per-device × devices × accumulation = global`; raises
     BatchSplitError (one line naming the key and a fix) when one does not split evenly."""
     lines = []
@@ -279,11 +277,14 @@ def check_splits(stages: list[Stage], world: int, micro_batch: int | None) -> li
     return lines
 
 
-def _parallel_record(stage: Stage, world: distributed.World, micro_batch: int | None) -> dict[str, int]:
-    """How the stage's global batch was split (stage.json; never part of the key)."""
+def _parallel_record(stage: Stage, world: distributed.World, micro_batch: int | str | None) -> dict[str, Any]:
+    """How the stage's global batch was split (stage.json; never part of the key). With "auto"
+    the training stage replaces "auto" by what it chose (and says how: `micro_batch_auto`)."""
     if not stage.training or not stage.training.get("steps"):
         return {"world_size": world.size}
     split = distributed.split_batch(int(stage.training["batch_size"]), world.size, micro_batch)
+    if split.auto:
+        return {"world_size": world.size, "accumulation": distributed.AUTO, "micro_batch": distributed.AUTO}
     return {"world_size": world.size, "accumulation": split.accumulation, "micro_batch": split.micro}
 
 

@@ -377,7 +377,7 @@ class RunConfig(Section):
     checkpoint_seconds: PositiveFloat = 60.0
     log_every: PositiveSteps = 10
     # Data parallelism and checkpoints at scale (engine/distributed.py, engine/loop.py):
-    micro_batch: Optional[PositiveSteps] = Field(None, description="images per device per micro-step (gradient accumulation); default: each device's whole slice of the global batch")
+    micro_batch: Optional[Union[PositiveSteps, Literal["auto"]]] = Field(None, description='images per device per micro-step (gradient accumulation); "auto": the largest divisor of the slice that fits in memory, found before the first step; default: "auto" on CUDA, the whole slice on CPU')
     checkpoint_steps: Optional[PositiveSteps] = Field(None, description="also checkpoint every this many steps")
     keep_checkpoints: PositiveSteps = Field(1, description="keep the last N checkpoints (checkpoint-<step>.pt) as well as the newest")
     # Loading of on-disk sources (embedded sources are in memory and use neither):
@@ -385,6 +385,13 @@ class RunConfig(Section):
     prefetch: int = Field(2, ge=1, le=1024, description="batches each worker prepares ahead")
     decode: Literal["cpu", "gpu"] = Field("cpu", description="gpu: JPEGs decoded on the CUDA device (nvJPEG); same crops, pixels within decoder rounding; CPU when there is no GPU")
     tensorboard: bool = Field(False, description="write loss, lr, grad norm, images/s and eval curves for TensorBoard under each stage's folder (tensorboard/); needs the vitrun[tensorboard] extra")
+
+    @field_validator("micro_batch", mode="before")
+    @classmethod
+    def _micro_batch_kind(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not (value is None or value == "auto" or (isinstance(value, int) and 0 < value <= MAX_STEPS)):
+            raise ValueError(f'expected a positive integer or "auto", got {value!r}')
+        return value
 
     @field_validator("tensorboard")
     @classmethod

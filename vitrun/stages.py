@@ -21,7 +21,7 @@ from vitrun.data.options import SPLIT_SEED, SourceOptions
 from vitrun.data.streaming import StreamImageSet
 from vitrun.engine import checkpoint, masked_patch
 from vitrun.engine.device import Placement
-from vitrun.engine.distributed import World, split_batch
+from vitrun.engine.distributed import World, micro_batch_setting, split_batch
 from vitrun.engine.extras import StageExtras
 from vitrun.engine.loop import LoopSettings, decay_groups, supervised, train
 from vitrun.evals.fewshot import LinearFewshot
@@ -133,7 +133,7 @@ def _masked_patch(stage: Stage, ctx: Context, ds: data.Dataset, train_set) -> di
     optimizer = _pretrain_optimizer(model, p, ctx.placement.fused)
     num_patches = model.vit.grid[0] * model.vit.grid[1]
     split = _split(ctx, p)
-    whole = split.world == 1 and split.accumulation == 1
+    whole = split.world == 1 and split.accumulation == 1 and not split.auto  # "auto" may cut micro-steps
     # A RANDOM replacement may come from any image of the global batch: a split run loads the
     # whole batch and hands each slice its sources' pixels (`slice_with_sources`).
     images_at = _loader_for(stage, ctx, train_set, p, p.crop, whole_batch=True)
@@ -363,13 +363,14 @@ def _loader_for(stage: Stage, ctx: Context, images, section: Training, crop: str
 
 def _split(ctx: Context, section: Training):
     """The section's global batch over this run's ranks and micro-steps."""
-    return split_batch(section.batch_size, ctx.world.size, ctx.run.micro_batch)
+    return split_batch(section.batch_size, ctx.world.size, micro_batch_setting(ctx.run.micro_batch, ctx.placement.device.type))
 
 
 def _train(stage, ctx, model, optimizer, batch_at, objective, section: Training, schedule: str, held_out=None, find_unused_parameters: bool = False) -> dict[str, Any]:
     """Train `model` as `section` says; afterwards it holds the weights the stage keeps (the
     best evaluated step, else the Polyak average, else the last step)."""
     set_regularisation(model, section.dropout, section.drop_path)
+    split = _split(ctx, section)
     evaluate = None
     if held_out is not None:
         view = FINETUNE_EVAL_VIEW if isinstance(section, FinetuneConfig) else "center"
@@ -386,7 +387,8 @@ def _train(stage, ctx, model, optimizer, batch_at, objective, section: Training,
         checkpoint_seconds=ctx.run.checkpoint_seconds,
         checkpoint_steps=ctx.run.checkpoint_steps,
         keep_checkpoints=ctx.run.keep_checkpoints,
-        accumulation=_split(ctx, section).accumulation,
+        accumulation=split.accumulation,
+        auto_micro_batch=split.auto,
         find_unused_parameters=find_unused_parameters,
     )
     summary = train(model, optimizer, batch_at, objective, settings, ctx.placement, ctx.stage_dir(stage.key), stage.config["seed"], ctx.on_step, ctx.on_notice, ctx.world, extras.loop)

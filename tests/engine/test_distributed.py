@@ -71,10 +71,19 @@ def _global_batch(step):
     return x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
 
 
-def _train(root, world: World, accumulation: int, fail_at: int | None = None, nan_at: int | None = None):
+def _train(root, world: World, accumulation: int, fail_at: int | None = None, nan_at: int | None = None, memory: int | None = None):
     """Train the tiny model on this rank's slice of each global batch; rank 0's weights.
-    The last rank raises at step `fail_at`, or sees a NaN input at step `nan_at`."""
+    The last rank raises at step `fail_at`, or sees a NaN input at step `nan_at`; `memory`:
+    micro_batch "auto", more than `memory` images (halved on the last rank) raise out-of-memory."""
     per_rank = GLOBAL_BATCH // world.size
+    objective = supervised(F.cross_entropy)
+    if memory:
+        cap = memory // 2 if world.rank == world.size - 1 else memory
+
+        def objective(model, images, labels, plain=objective):
+            if len(images) > cap:
+                raise torch.OutOfMemoryError(f"faked above {cap} images")
+            return plain(model, images, labels)
 
     def batch_at(step):
         last = world.rank == world.size - 1
@@ -88,11 +97,11 @@ def _train(root, world: World, accumulation: int, fail_at: int | None = None, na
 
     model = _model()
     optimizer = torch.optim.AdamW(decay_groups(model, 0.1), lr=0.05)
-    settings = LoopSettings(steps=STEPS, warmup_steps=2, schedule="linear", grad_clip=1.0, log_every=4, checkpoint_seconds=1e9, accumulation=accumulation)
+    settings = LoopSettings(steps=STEPS, warmup_steps=2, schedule="linear", grad_clip=1.0, log_every=4, checkpoint_seconds=1e9, accumulation=accumulation, auto_micro_batch=bool(memory))
     sd = StageDir(Path(root))
     sd.path.mkdir(parents=True, exist_ok=True)
-    train(model, optimizer, batch_at, supervised(F.cross_entropy), settings, place("cpu"), sd, seed=0, world=world)
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    summary = train(model, optimizer, batch_at, objective, settings, place("cpu"), sd, seed=0, world=world)
+    return {k: v.clone() for k, v in model.state_dict().items()}, summary.get("parallel")
 
 
 def _rank_main(rank: int, world_size: int, port: int, root: str, out: dict):
@@ -103,10 +112,14 @@ def _rank_main(rank: int, world_size: int, port: int, root: str, out: dict):
     os.environ[distributed.TIMEOUT_ENV] = "60"
     torch.set_num_threads(1)
     world = World.from_env("cpu")
+    from vitrun.engine import micro_batch
+
+    micro_batch.method = lambda device: "search"  # the CUDA path (out-of-memory errors faked), in this child only
     try:
-        for name, fail_at, nan_at in (("clean", None, None), ("failing", 3, None), ("diverging", None, 5)):
+        scenarios = (("clean", 1, None, None, None), ("failing", 1, 3, None, None), ("diverging", 1, None, 5, None), ("auto", 1, None, None, 7), ("micro2", 4, None, None, None))
+        for name, accumulation, fail_at, nan_at, memory in scenarios:
             try:
-                out[name, rank] = ("ok", _train(f"{root}/{name}", world, 1, fail_at, nan_at))
+                out[name, rank] = ("ok", *_train(f"{root}/{name}", world, accumulation, fail_at, nan_at, memory))
             except Exception as err:  # the test reads what each rank raised
                 out[name, rank] = ("raised", type(err).__name__, str(err), traceback.format_exc())
     finally:
@@ -130,8 +143,8 @@ def two_ranks(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_two_processes_and_accumulation_train_like_one_process(tmp_path, two_ranks):
-    one = _train(tmp_path / "one", World(), 1)
-    accumulated = _train(tmp_path / "acc", World(), 2)
+    one, _ = _train(tmp_path / "one", World(), 1)
+    accumulated, _ = _train(tmp_path / "acc", World(), 2)
     root, out = two_ranks
     ranks = {rank: out["clean", rank] for rank in (0, 1)}
     assert ranks[0][0] == "ok" and ranks[1][0] == "ok", ranks
@@ -142,6 +155,18 @@ def test_two_processes_and_accumulation_train_like_one_process(tmp_path, two_ran
     assert not torch.equal(one["0.weight"], _model().state_dict()["0.weight"])  # it trained
     # rank 0 alone wrote the log, with the global mean loss of a 1-process run
     assert (root / "clean" / "metrics.jsonl").read_text().count("\n") == STEPS // 4
+
+
+def test_ranks_agree_on_the_smallest_micro_batch_that_fits(two_ranks):
+    """Rank 0 fits 7 images (its 8 do not: 4), rank 1 fits 3 (2): both take 2, and train bit for
+    bit as with micro_batch = 2 set."""
+    auto = {rank: two_ranks[1]["auto", rank] for rank in (0, 1)}
+    explicit = two_ranks[1]["micro2", 0]
+    for rank in (0, 1):
+        assert auto[rank][0] == "ok", auto[rank]
+        assert auto[rank][2]["micro_batch"] == 2 and auto[rank][2]["accumulation"] == 4
+    assert "4 here, 2 on another rank" in auto[0][2]["micro_batch_auto"]
+    assert all(torch.equal(auto[0][1][k], explicit[1][k]) for k in explicit[1])
 
 
 def test_failure_on_one_rank_stops_every_rank(two_ranks):

@@ -134,6 +134,17 @@ class World:
         dist.all_reduce(value)
         return value
 
+    def min(self, value: int) -> int:
+        """The smallest of every rank's `value` (an all-reduce on the CPU group)."""
+        if not self.distributed:
+            return value
+        import torch
+        import torch.distributed as dist
+
+        box = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(box, op=dist.ReduceOp.MIN, group=self._flags)
+        return int(box[0])
+
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist
@@ -264,29 +275,58 @@ class BatchSplitError(ValueError):
     line naming the key and a fix."""
 
 
+AUTO = "auto"  # [run] micro_batch: the largest micro-batch that fits, found before the first step
+
+
+def micro_batch_setting(micro_batch: int | str | None, device_type: str) -> int | str | None:
+    """What `[run] micro_batch` means on this device: an integer as written; "auto" as written,
+    and by default on CUDA (a slice that does not fit then runs in micro-steps instead of
+    failing); unset on the CPU: the whole slice (running out of memory there is swapping, not
+    an error, and the probe costs a few passes of a slow device)."""
+    if micro_batch is None and device_type == "cuda":
+        return AUTO
+    return micro_batch
+
+
+def device_type(device: str) -> str:
+    """"cuda" or "cpu": the kind of device a `[run] device` value trains on here."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if device.split(":")[0] == "cuda" else "cpu"
+
+
 @dataclass(frozen=True)
 class BatchSplit:
-    """`batch` (the recipe's global batch) = micro × world × accumulation."""
+    """`batch` (the recipe's global batch) = micro × world × accumulation; with `auto`, micro and
+    accumulation are found before the first step (micro ≤ per_rank, dividing it)."""
 
     batch: int
     world: int
     micro: int
     accumulation: int
+    auto: bool = False
 
     @property
     def per_rank(self) -> int:
         return self.batch // self.world
 
     def describe(self) -> str:
+        if self.auto:
+            return f"auto per device (the largest divisor of {self.per_rank} that fits in memory) × {self.world} devices × auto accumulation = {self.batch} global batch"
         return f"{self.micro} per device × {self.world} devices × {self.accumulation} accumulation = {self.batch} global batch"
 
 
-def split_batch(batch: int, world: int, micro_batch: int | None = None, key: str = "batch_size") -> BatchSplit:
+def split_batch(batch: int, world: int, micro_batch: int | str | None = None, key: str = "batch_size") -> BatchSplit:
     """Split the global `batch` over `world` ranks, each slice into micro-steps of `micro_batch`
-    images (default, or larger than the slice: the whole slice in one step)."""
+    images (default, or larger than the slice: the whole slice in one step; "auto": decided by
+    the loop, engine/micro_batch.py)."""
     if batch % world:
         raise BatchSplitError(f"{key} = {batch} does not split over {world} processes: use a {key} divisible by {world}, or another --nproc-per-node")
     per_rank = batch // world
+    if micro_batch == AUTO:
+        return BatchSplit(batch, world, per_rank, 1, auto=True)
     micro = min(micro_batch or per_rank, per_rank)
     if per_rank % micro:
         fits = [d for d in range(micro, 0, -1) if per_rank % d == 0][0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from vitrun.engine import Diverged, Interrupted, checkpoint, distributed
+from vitrun.engine import Diverged, Interrupted, checkpoint, distributed, micro_batch
 from vitrun.engine.distributed import World
 from vitrun.engine.device import Placement
 from vitrun.engine.schedules import warmup_then_decay
@@ -48,6 +49,7 @@ class LoopSettings:
     checkpoint_steps: int | None = None  # also checkpoint every this many steps
     keep_checkpoints: int = 1  # numbered checkpoints kept beside checkpoint.pt when > 1
     accumulation: int = 1  # micro-steps per step: `batch_at(step)` is cut into this many pieces
+    auto_micro_batch: bool = False  # instead: the pieces that fit in memory, found before the first step (micro_batch.py)
     find_unused_parameters: bool = False  # DDP: the model carries parameters its loss never reads
 
 
@@ -129,6 +131,11 @@ def train(
     if main:
         _truncate_log(stage_dir, start)
     channels_last = placement.prepare(model)
+    accumulation, chosen = settings.accumulation, {}
+    if settings.auto_micro_batch and start < settings.steps:  # probed on the bare model: DDP would all-reduce
+        accumulation, batch_at, chosen = _auto_micro_batch(model, optimizer, objective, batch_at, start, placement, world, channels_last)
+        if main and on_notice:
+            on_notice(f"{stage_dir.path.name}: micro_batch = \"auto\": {chosen['micro_batch']} images per micro-step × {accumulation} accumulation ({chosen['micro_batch_auto']})")
     wrapped = _data_parallel(model, placement, world, settings.find_unused_parameters)
     step_fn = torch.compile(wrapped) if placement.compile else wrapped
     model.train()
@@ -170,7 +177,7 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 # Rank 0's clock decides checkpoints; the ranks agree on it with the step's other news.
                 want_save = main and step + 1 < settings.steps and _checkpoint_due(step + 1, last_save, settings)
-                step_loss, state, save_now = _forward_backward(step_fn, wrapped, objective, batch_at, step, settings.accumulation, placement, world, stop, want_save, channels_last)
+                step_loss, state, save_now = _forward_backward(step_fn, wrapped, objective, batch_at, step, accumulation, placement, world, stop, want_save, channels_last)
                 grad_norm = nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip or math.inf)
                 optimizer.step()
                 newly_bad = (first_bad < 0) & ~(torch.isfinite(step_loss) & torch.isfinite(grad_norm))
@@ -214,7 +221,45 @@ def train(
     writer.wait()  # on disk before the stage ends (finishing removes the checkpoint)
     for group, base in zip(optimizer.param_groups, base_lrs):
         group["lr"] = base  # leave the optimizer as configured
-    return {"final_loss": last_loss, "steps": settings.steps}
+    return {"final_loss": last_loss, "steps": settings.steps, **({"parallel": chosen} if chosen else {})}
+
+
+def _auto_micro_batch(model, optimizer, objective, batch_at, step: int, placement: Placement, world: World, channels_last: bool) -> tuple[int, Callable[[int], Batch], dict]:
+    """(accumulation, batch_at, what stage.json records): the micro-batch that fits this rank's
+    slice of step `step` (engine/micro_batch.py), the smallest over the ranks; the probed batch
+    is handed to the first step rather than loaded twice."""
+    try:
+        first = batch_at(step)
+        images, labels = first
+        per_rank = len(images)
+
+        def run(m: int) -> None:  # a micro-step of m images as `_forward_backward` runs it
+            x = placement.images(images[:m], channels_last)
+            y = _take(labels, 0, m, placement.device)
+            with placement.autocast():
+                loss = objective(model, x, y)
+            loss.backward()
+
+        model.train()
+        choice = micro_batch.choose(model, optimizer, run, per_rank, placement.device, world.distributed, _ranks_here(world))
+    except Exception as err:  # the others are about to meet in the all-reduce below
+        if world.distributed and not distributed.is_agreed(err):
+            world.agree(distributed.FAILED)
+        raise distributed.agreed(err)
+    world.check()
+    micro = world.min(choice.micro)
+    how = choice.how if micro == choice.micro else f"{choice.how}: {choice.micro} here, {micro} on another rank"
+    pending = [first]
+
+    def batch_at_first_reused(at: int) -> Batch:
+        return pending.pop() if at == step and pending else batch_at(at)
+
+    return per_rank // micro, batch_at_first_reused, {"micro_batch": micro, "accumulation": per_rank // micro, "micro_batch_auto": how}
+
+
+def _ranks_here(world: World) -> int:
+    """Processes on this machine (torchrun's LOCAL_WORLD_SIZE): they share its memory."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world.size if world.distributed else 1))
 
 
 def _forward_backward(step_fn, wrapped, objective, batch_at, step: int, accumulation: int, placement: Placement, world: World, stop, want_save: bool, channels_last: bool = False) -> tuple[torch.Tensor, int, bool]:

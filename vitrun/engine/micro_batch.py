@@ -1,0 +1,183 @@
+"""The micro-batch that fits in memory: `[run] micro_batch = "auto"` (the default on CUDA).
+
+The recipe's batch is split over the ranks (`distributed.split_batch`) and each rank's slice
+over gradient-accumulation micro-steps of `micro` images. With "auto" the loop finds `micro`
+before the first step, on this rank's own first batch and model:
+
+* CUDA (`search`): the whole slice first, then the next divisor of the slice at or below half
+  of the last try, until one forward + backward of that many images survives while memory the
+  size of the optimizer's state (and DDP's gradient buckets) is held, with its peak under
+  `1 - SAFETY` of the device (headroom for fragmentation, evaluation and the compiled step);
+  then the divisors between it and the last that failed, by bisection: the largest that fits.
+  An out-of-memory error is caught and the cache emptied before the next try.
+* CPU (`estimate`): running out of memory there means swapping, not an error one can catch,
+  so the peak resident memory of passes of 1 and of `CPU_PROBE` images gives bytes per image
+  and fixed bytes (the Figure-12 extrapolation of `vitrun.benchmark`), and the largest divisor
+  of the slice that fits in `1 - SAFETY` of the memory available to this rank is taken. A slice
+  of at most `CPU_PROBE` images just ran whole: it is kept. Where peak memory cannot be read
+  (not Linux) the whole slice is kept, as without "auto".
+
+Every rank takes the smallest answer (an all-reduce), so all ranks cut their slices alike. The
+probe leaves the weights, buffers, gradients, optimizer and random state as they were: a run
+with "auto" is bit for bit a run with `micro_batch` set to the value it chose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+SAFETY = 0.10  # share of the memory a chosen micro-batch leaves free
+CPU_PROBE = 4  # images in the CPU's second peak-memory pass
+
+
+@dataclass(frozen=True)
+class Choice:
+    micro: int  # images per micro-step on this rank
+    how: str  # "probed on cuda:0", "estimated from peak memory", …: for the record and the console
+
+
+def next_divisor(n: int, below: int) -> int:
+    """The largest divisor of `n` at most `below` (≥ 1)."""
+    return next(d for d in range(max(1, min(below, n)), 0, -1) if n % d == 0)
+
+
+def search(per_rank: int, fits: Callable[[int], bool]) -> int:
+    """The largest divisor of `per_rank` for which `fits` holds (memory grows with the batch):
+    the slice, then halving to the next divisor until one fits, then the divisors between that
+    and the last that did not, by bisection. Raises MemoryError (one line) when not even one
+    image fits."""
+    micro, too_big = per_rank, None
+    while not fits(micro):
+        if micro == 1:
+            raise MemoryError("not even 1 image per micro-step fits in the device's memory: use a smaller model or image size, or more devices")
+        micro, too_big = next_divisor(per_rank, micro // 2), micro
+    between = [d for d in range(micro + 1, too_big or 0) if per_rank % d == 0]
+    while between:
+        middle = between[len(between) // 2]
+        if fits(middle):
+            micro, between = middle, [d for d in between if d > middle]
+        else:
+            between = [d for d in between if d < middle]
+    return micro
+
+
+def estimate(per_rank: int, run: Callable[[int], None], budget: int) -> Choice:
+    """CPU: the micro-batch extrapolated from the peak memory of passes of 1 and CPU_PROBE images
+    (or fewer: the whole slice) against `budget` bytes."""
+    from vitrun.benchmark import _estimated_cpu_batch
+
+    probe = min(per_rank, CPU_PROBE)
+    if probe < 2:
+        return Choice(per_rank, "the whole slice (1 image)")
+    fits, how = _estimated_cpu_batch(run, probe, budget, per_rank)
+    if how == "unknown" or fits is None:
+        return Choice(per_rank, "the whole slice (peak memory cannot be read here)")
+    if probe == per_rank or fits >= per_rank:
+        return Choice(per_rank, f"the whole slice fits in {budget / 2**30:.1f} GiB (estimated from peak memory)")
+    return Choice(next_divisor(per_rank, max(fits, 1)), f"{fits} images fit in {budget / 2**30:.1f} GiB (estimated from peak memory)")
+
+
+def method(device: torch.device) -> str:
+    """"search" (catch out-of-memory errors) on CUDA, "estimate" (peak memory) elsewhere."""
+    return "search" if device.type == "cuda" else "estimate"
+
+
+def choose(model: nn.Module, optimizer: torch.optim.Optimizer, run: Callable[[int], None], per_rank: int, device: torch.device, data_parallel: bool = False, ranks_here: int = 1) -> Choice:
+    """This rank's micro-batch: `run(m)` does one forward + backward of the first m images of
+    the step's slice, as training does (autocast, memory format). data_parallel: DDP will add
+    gradient buckets (one more gradient's worth); ranks_here: processes sharing this machine's
+    memory (the CPU estimate divides it among them). Model, gradients, buffers and random
+    state are as before when it returns."""
+    extra = optimizer_state_bytes(optimizer) + (parameter_bytes(model) if data_parallel else 0)
+    with unchanged(model, device):
+        if method(device) == "search":
+            micro = search(per_rank, lambda m: _fits_on_device(run, m, extra, device, model))
+            return Choice(micro, f"probed on {device}")
+        budget = int(available_memory() / max(1, ranks_here) * (1 - SAFETY)) - extra
+
+        def fresh(m: int) -> None:
+            model.zero_grad(set_to_none=True)  # every pass allocates its gradients anew
+            run(m)
+
+        return estimate(per_rank, fresh, max(budget, 0))
+
+
+def _fits_on_device(run: Callable[[int], None], m: int, extra: int, device: torch.device, model: nn.Module) -> bool:
+    """One forward + backward of m images with `extra` bytes held: no out-of-memory error, and
+    (CUDA) a peak under 1 - SAFETY of the device."""
+    cuda = device.type == "cuda"
+    ok, held = False, None
+    try:
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        held = torch.empty(extra, dtype=torch.uint8, device=device)  # the optimizer's state, to come
+        run(m)
+        if cuda:
+            torch.cuda.synchronize(device)
+            ok = torch.cuda.max_memory_reserved(device) <= (1 - SAFETY) * torch.cuda.get_device_properties(device).total_memory
+        else:
+            ok = True
+    except torch.OutOfMemoryError:
+        pass
+    except RuntimeError as err:  # cuDNN / cuBLAS report their own allocation failures
+        if "out of memory" not in str(err) and "ALLOC_FAILED" not in str(err):
+            raise
+    held = None  # noqa: F841 (released before the cache is emptied)
+    model.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.empty_cache()  # the failed try's blocks go back before the next one
+    return ok
+
+
+@contextlib.contextmanager
+def unchanged(model: nn.Module, device: torch.device):
+    """Random state and buffers (BatchNorm statistics) as before the block; no gradients after."""
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    buffers = {name: value.detach().clone() for name, value in model.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, value in model.named_buffers():
+                value.copy_(buffers[name])
+        model.zero_grad(set_to_none=True)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, device)
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """What the optimizer's state will take once it steps (0 when it already holds it: a resume):
+    Adam-like two tensors per parameter (three with amsgrad), SGD one with momentum, none without;
+    an optimizer it does not know: two, as Adam."""
+    if any(optimizer.state.values()):
+        return 0
+    size = sum(p.numel() * p.element_size() for group in optimizer.param_groups for p in group["params"] if p.requires_grad)
+    defaults = optimizer.defaults
+    if isinstance(optimizer, torch.optim.SGD):
+        return size if defaults.get("momentum") else 0
+    return size * (3 if defaults.get("amsgrad") else 2)
+
+
+def available_memory() -> int:
+    """Bytes this machine can still hand out (Linux MemAvailable; elsewhere, total physical memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
