@@ -20,7 +20,7 @@ from vitrun.data import loader, sampling, sources
 from vitrun.data.options import SPLIT_SEED, SourceOptions
 from vitrun.data.streaming import StreamImageSet
 from vitrun.engine import checkpoint, masked_patch
-from vitrun.engine.device import Placement
+from vitrun.engine.device import Placement, to_device
 from vitrun.engine.distributed import World, micro_batch_setting, split_batch
 from vitrun.engine.extras import StageExtras
 from vitrun.engine.loop import LoopSettings, decay_groups, supervised, train
@@ -410,7 +410,7 @@ def _device_batches(images, image_size: int, ctx: Context, sharded: bool = True,
     """This rank's share of the evaluation batches (every `world`-th batch), or all of them, on the device."""
     shard = (ctx.world.rank, ctx.world.size) if sharded else (0, 1)
     for x, y in loader.eval_batches(images, image_size, EVAL_BATCH, ctx.loader_settings(), shard=shard, view=view):
-        yield x.to(ctx.placement.device, non_blocking=True), y
+        yield to_device(x, ctx.placement.device), y  # on CUDA the loader hands it over there already
 
 
 def _gathered(parts: list[torch.Tensor], ctx: Context) -> torch.Tensor:

@@ -3,8 +3,10 @@
 The training loop asks for ``batch_at(step)``: a batch must be a pure function of
 (seed, step), so a killed run resumes to bit-identical weights. Both paths keep that:
 
-* in memory (``ImageSet``, embedded sources): index the uint8 tensor and augment the whole
-  batch at once (``augment.random_crop_flip``); no workers, nothing to overlap.
+* in memory (``ImageSet``, embedded sources): index the uint8 tensor and augment this rank's
+  slice at once (``augment.random_crop_flip``); no workers, nothing to overlap. On CUDA the
+  rows are gathered into pinned memory, cross to the device as uint8 without blocking the
+  host, and are augmented there (``pinned.gather``).
 * on disk (``LazyImageSet``): a torch ``DataLoader`` whose batch sampler yields, for each
   step from the one asked for onwards, the images of that step tagged (row, step, slot).
   Workers decode and crop each image with randomness drawn from (seed, step, slot) alone,
@@ -29,7 +31,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 from PIL import Image
 
-from vitrun.data import augment, gpu_decode, transforms
+from vitrun.data import augment, gpu_decode, pinned, transforms
 from vitrun.data.imageset import ImageSet
 from vitrun.data.lazy import LazyImageSet
 from vitrun.data.options import SourceWarning
@@ -119,8 +121,9 @@ def train_batches(
 
         def batch_at(step: int) -> Batch:
             idx = order.batch(step, batch_size)[a:b]
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            return augment.random_crop_flip(images.images[idx], image_size, gen, within=(a, batch_size), **full), images.labels[idx]
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + step)  # boxes drawn for the whole batch, per image
+            pixels, labels = pinned.gather(images.images, idx, settings.device), pinned.gather(images.labels, idx, settings.device)
+            return augment.random_crop_flip(pixels, image_size, gen, within=(a, batch_size), **full), labels
 
         return batch_at
     return _LoaderBatches(images, image_size, batch_size, steps, seed, crop, order, settings, part)
@@ -148,7 +151,8 @@ def eval_batches(images: ImageSet | LazyImageSet, image_size: int, batch_size: i
     if isinstance(images, ImageSet):
         resize = augment.center if view == "center" else augment.full
         for start in starts:
-            yield resize(images.images[start : start + batch_size], image_size), images.labels[start : start + batch_size]
+            rows = torch.arange(start, min(start + batch_size, len(images)))
+            yield resize(pinned.gather(images.images, rows, settings.device), image_size), pinned.gather(images.labels, rows, settings.device)
         return
     chunks = _chunks(settings, batch_size)
     pieces = []  # each batch in `chunks` pieces, spread over the workers
@@ -254,7 +258,7 @@ def _join(parts: list, views: _Views, settings: LoaderSettings) -> Batch:
         items = [item for part in parts for item in part]
         x = gpu_decode.assemble([payload for payload, _ in items], views.size, settings.device)
         return augment.to_float(x), torch.stack([y for _, y in items])
-    return _to_device(torch.cat([p[0] for p in parts]), settings), torch.cat([p[1] for p in parts])
+    return augment.to_float(pinned.concat([p[0] for p in parts], settings.device)), pinned.concat([p[1] for p in parts], settings.device)
 
 
 def _loader(views: _Views, batch_sampler, settings: LoaderSettings, chunk: int) -> DataLoader:
@@ -267,7 +271,7 @@ def _loader(views: _Views, batch_sampler, settings: LoaderSettings, chunk: int) 
         # workers: torch's collate, which writes into shared memory; GPU decode: items as they are
         collate_fn=gpu_decode.collate if views.gpu else None if workers else _stack,
         num_workers=workers,
-        pin_memory=settings.device.type == "cuda",
+        pin_memory=False,  # `_join` assembles each batch in pinned memory itself (pinning chunks first would copy twice)
         persistent_workers=workers > 0,
         prefetch_factor=settings.prefetch if workers > 0 else None,
     )
@@ -294,8 +298,3 @@ def check_shared_memory(workers: int, prefetch: int, chunk: int, size: int, shm:
             f"{shm} has {free / 2**20:,.0f} MiB free but {workers} loader workers x {prefetch} prefetched chunks of {chunk} images at {size} px need about {need / 2**20:,.0f} MiB; "
             f"lower [run] workers or prefetch, or enlarge {shm} (docker run --shm-size=16g)"
         )
-
-
-def _to_device(x_uint8: torch.Tensor, settings: LoaderSettings) -> torch.Tensor:
-    """uint8 batch -> float32 in [-1, 1] on the training device (copied as uint8: 4x fewer bytes)."""
-    return augment.to_float(x_uint8.to(settings.device, non_blocking=True))

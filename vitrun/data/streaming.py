@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitrun.data import augment, hf, transforms
+from vitrun.data import augment, hf, pinned, transforms
 from vitrun.data.imageset import Dataset
 from vitrun.data.lazy import LazyImageSet
 from vitrun.data.options import SourceError, SourceOptions
@@ -245,8 +245,7 @@ class StreamBatches:
 
         views = list(self.pool.map(view, enumerate(examples)) if self.pool else map(view, enumerate(examples)))
         labels = torch.tensor([int(e[self.images.split.label_column]) for e in examples], dtype=torch.int64)
-        x = torch.from_numpy(np.stack([v.numpy() for v in views]))
-        return augment.to_float(x.to(self.device, non_blocking=True)), labels
+        return augment.to_float(pinned.stack(views, self.device)), labels
 
     def _from(self, position: int) -> Iterator[dict]:
         """Examples of this rank from ``position`` (counted over epochs) on, endlessly."""

@@ -38,7 +38,7 @@ class Placement:
 
     def images(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         """A batch on the device (non-blocking copy), in the memory format `prepare` chose."""
-        x = x.to(self.device, non_blocking=True)
+        x = to_device(x, self.device)
         return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
     def describe(self) -> str:
@@ -83,6 +83,15 @@ def place(device: str = "auto", precision: str = "auto", compile: bool = False, 
     use_bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
     # torch.compile needs a GPU toolchain to pay off; on CPU it would only add start-up time.
     return Placement(dev, torch.bfloat16 if use_bf16 else None, compile and dev.type == "cuda")
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`x` on `device`, without making the host wait. The data paths hand CUDA batches over
+    already there (data/loader.py); a CPU tensor that still comes is pinned first, as from
+    pageable memory a CUDA copy waits for the device's queue to drain (non_blocking does nothing)."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return (x if x.is_pinned() else x.pin_memory()).to(device, non_blocking=True)
+    return x.to(device)
 
 
 def is_convnet(model: torch.nn.Module) -> bool:

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from vitrun.engine import Diverged, Interrupted, checkpoint, distributed, micro_batch
 from vitrun.engine.distributed import World
-from vitrun.engine.device import Placement
+from vitrun.engine.device import Placement, to_device
 from vitrun.engine.schedules import warmup_then_decay
 from vitrun.store import StageDir, read_metrics, write_atomic
 
@@ -323,7 +323,7 @@ def _take(labels, a: int, b: int, device: torch.device):
     """Rows a:b of the labels (a tensor, or a tuple of tensors with the batch first) on `device`."""
     if isinstance(labels, (tuple, list)):
         return type(labels)(_take(part, a, b, device) for part in labels)
-    return labels[a:b].to(device, non_blocking=True)
+    return to_device(labels[a:b], device)
 
 
 def _checkpoint_due(step: int, last_save: float, settings: LoopSettings) -> bool:

@@ -129,7 +129,8 @@ def _fits_on_device(run: Callable[[int], None], m: int, extra: int, device: torc
     except RuntimeError as err:  # cuDNN / cuBLAS report their own allocation failures
         if "out of memory" not in str(err) and "ALLOC_FAILED" not in str(err):
             raise
-    held = None  # noqa: F841 (released before the cache is emptied)
+    finally:
+        del held  # released before the cache is emptied
     model.zero_grad(set_to_none=True)
     if cuda:
         torch.cuda.empty_cache()  # the failed try's blocks go back before the next one
