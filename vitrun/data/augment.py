@@ -45,7 +45,10 @@ def random_crop_flip(
     """
     b, _, h, w = images_uint8.shape
     offset, total = within or (0, b)
-    u = torch.rand(total, 5, generator=generator, device=generator.device)[offset : offset + b].to(images_uint8.device)
+    u = torch.rand(total, 5, generator=generator, device=generator.device)[offset : offset + b]
+    if images_uint8.is_cuda and not u.is_cuda:  # from pageable memory the copy would wait for the device
+        u = u.pin_memory()
+    u = u.to(images_uint8.device, non_blocking=True)
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
     aspect = torch.exp(log_r)  # box width / box height, in pixels

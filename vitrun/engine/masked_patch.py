@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitrun.engine.device import to_device
 from vitrun.models.vit import VisionTransformer, zero_linear
 
 __all__ = [
@@ -128,7 +129,7 @@ def slice_with_sources(images: torch.Tensor, plan: torch.Tensor, patch: int, a: 
     """
     B, M = plan.shape[0], plan.shape[1]
     flat = patchify(images, patch).flatten(0, 1)  # (B·N, 3, P, P)
-    sources = flat[plan[a:b, :, 2].reshape(-1)].reshape(b - a, M, 3, patch, patch)  # (b-a, M, 3, P, P)
+    sources = flat[to_device(plan[a:b, :, 2].reshape(-1), flat.device)].reshape(b - a, M, 3, patch, patch)  # (b-a, M, 3, P, P)
     return images[a:b], (plan[a:b], sources)
 
 
