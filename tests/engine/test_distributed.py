@@ -71,10 +71,11 @@ def _global_batch(step):
     return x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
 
 
-def _train(root, world: World, accumulation: int, fail_at: int | None = None, nan_at: int | None = None, memory: int | None = None):
+def _train(root, world: World, accumulation: int, fail_at: int | None = None, nan_at: int | None = None, memory: int | None = None, stop_at: int | None = None, steps_seen: list | None = None):
     """Train the tiny model on this rank's slice of each global batch; rank 0's weights.
     The last rank raises at step `fail_at`, or sees a NaN input at step `nan_at`; `memory`:
-    micro_batch "auto", more than `memory` images (halved on the last rank) raise out-of-memory."""
+    micro_batch "auto", more than `memory` images (halved on the last rank) raise out-of-memory;
+    every rank is interrupted (Ctrl-C) after step `stop_at`; `steps_seen` collects the steps asked for."""
     per_rank = GLOBAL_BATCH // world.size
     objective = supervised(F.cross_entropy)
     if memory:
@@ -86,6 +87,8 @@ def _train(root, world: World, accumulation: int, fail_at: int | None = None, na
             return plain(model, images, labels)
 
     def batch_at(step):
+        if steps_seen is not None:
+            steps_seen.append(step)
         last = world.rank == world.size - 1
         if step == fail_at and last:
             raise ValueError(f"bad data on rank {world.rank}")
@@ -100,7 +103,11 @@ def _train(root, world: World, accumulation: int, fail_at: int | None = None, na
     settings = LoopSettings(steps=STEPS, warmup_steps=2, schedule="linear", grad_clip=1.0, log_every=4, checkpoint_seconds=1e9, accumulation=accumulation, auto_micro_batch=bool(memory))
     sd = StageDir(Path(root))
     sd.path.mkdir(parents=True, exist_ok=True)
-    summary = train(model, optimizer, batch_at, objective, settings, place("cpu"), sd, seed=0, world=world)
+    def stop(step, loss):
+        if step == stop_at:
+            raise KeyboardInterrupt
+
+    summary = train(model, optimizer, batch_at, objective, settings, place("cpu"), sd, seed=0, world=world, on_step=stop)
     return {k: v.clone() for k, v in model.state_dict().items()}, summary.get("parallel")
 
 
@@ -116,10 +123,11 @@ def _rank_main(rank: int, world_size: int, port: int, root: str, out: dict):
 
     micro_batch.method = lambda device: "search"  # the CUDA path (out-of-memory errors faked), in this child only
     try:
-        scenarios = (("clean", 1, None, None, None), ("failing", 1, 3, None, None), ("diverging", 1, None, 5, None), ("auto", 1, None, None, 7), ("micro2", 4, None, None, None))
-        for name, accumulation, fail_at, nan_at, memory in scenarios:
+        scenarios = (("clean", 1, None, None, None, None), ("failing", 1, 3, None, None, None), ("diverging", 1, None, 5, None, None),
+                     ("auto", 1, None, None, 7, None), ("micro2", 4, None, None, None, None), ("stopped", 1, None, None, None, 5))
+        for name, accumulation, fail_at, nan_at, memory, stop_at in scenarios:
             try:
-                out[name, rank] = ("ok", *_train(f"{root}/{name}", world, accumulation, fail_at, nan_at, memory))
+                out[name, rank] = ("ok", *_train(f"{root}/{name}", world, accumulation, fail_at, nan_at, memory, stop_at))
             except Exception as err:  # the test reads what each rank raised
                 out[name, rank] = ("raised", type(err).__name__, str(err), traceback.format_exc())
     finally:
@@ -167,6 +175,19 @@ def test_ranks_agree_on_the_smallest_micro_batch_that_fits(two_ranks):
         assert auto[rank][2]["micro_batch"] == 2 and auto[rank][2]["accumulation"] == 4
     assert "4 here, 2 on another rank" in auto[0][2]["micro_batch_auto"]
     assert all(torch.equal(auto[0][1][k], explicit[1][k]) for k in explicit[1])
+
+
+def test_a_two_process_run_resumes_on_one_process_with_the_same_data_order(tmp_path, two_ranks):
+    """Stopped after step 5 on 2 processes, finished on 1: steps 5… are asked for in order, and
+    the weights end as an uninterrupted 1-process run's (to fp32 summation order)."""
+    root, out = two_ranks
+    assert [out["stopped", rank][1] for rank in (0, 1)] == ["Interrupted", "Interrupted"], out["stopped", 0]
+    seen = []
+    resumed, _ = _train(root / "stopped", World(), 1, steps_seen=seen)
+    one, _ = _train(tmp_path / "one", World(), 1)
+    assert seen == list(range(5, STEPS))
+    for name, weights in one.items():
+        assert torch.allclose(resumed[name], weights, atol=1e-5), name
 
 
 def test_failure_on_one_rank_stops_every_rank(two_ranks):
