@@ -1,5 +1,5 @@
 """`[run] micro_batch = "auto"` (engine/micro_batch.py): the search for the largest divisor that
-fits, with out-of-memory errors faked on the CPU; the CPU estimate from peak memory; the chosen
+fits, with out-of-memory errors faked on the CPU; the CPU estimate from activation bytes; the chosen
 value trains bit for bit as the same explicit value; the plan shows "auto".
 (Ranks agreeing on the smallest answer: tests/engine/test_distributed.py.)"""
 
@@ -43,21 +43,29 @@ def test_search_says_so_when_not_even_one_image_fits():
         micro_batch.search(8, lambda m: False)
 
 
-def test_cpu_estimate_extrapolates_peak_memory(monkeypatch):
-    from vitrun import benchmark
+def test_cpu_estimate_takes_the_largest_divisor_whose_activations_fit():
+    probed = []
 
-    ran = []
+    def activations(m):  # 100 bytes per image
+        probed.append(m)
+        return 100 * m
 
-    def peak(work):  # 1000 bytes fixed + 100 per image, as VmHWM would read
-        work()
-        return 1000 + 100 * ran[-1]
+    assert micro_batch.estimate(16, activations, budget=650).micro == 4  # 6 fit: the largest divisor ≤ 6
+    assert probed == [4]  # one pass of CPU_PROBE images
+    assert micro_batch.estimate(16, activations, budget=10**6).micro == 16
+    assert micro_batch.estimate(3, activations, budget=10**6).micro == 3 and probed[-1] == 3  # a small slice probed whole
+    assert micro_batch.estimate(16, activations, budget=0).micro == 1
 
-    monkeypatch.setattr(benchmark, "_peak_bytes", peak)
-    run = ran.append
-    assert micro_batch.estimate(16, run, budget=1000 + 100 * 6).micro == 4  # 6 fit: the largest divisor ≤ 6
-    assert ran == [1, 4]
-    assert micro_batch.estimate(16, run, budget=10**6).micro == 16
-    assert micro_batch.estimate(3, run, budget=1).micro == 3  # a slice the probe ran whole
+
+def test_saved_bytes_count_activations_not_parameters():
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+
+    def run(m):
+        model(torch.ones(m, 64)).sum().backward()
+
+    one, four = micro_batch.saved_bytes(run, 1, model), micro_batch.saved_bytes(run, 4, model)
+    assert one == 2 * 64 * 4  # the input and the ReLU's output (saved by the ReLU and the second layer: once), fp32 (1, 64)
+    assert four == 4 * one
 
 
 def test_auto_is_the_default_on_cuda_only_and_an_integer_wins():

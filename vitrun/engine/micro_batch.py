@@ -10,12 +10,15 @@ before the first step, on this rank's own first batch and model:
   `1 - SAFETY` of the device (headroom for fragmentation, evaluation and the compiled step);
   then the divisors between it and the last that failed, by bisection: the largest that fits.
   An out-of-memory error is caught and the cache emptied before the next try.
-* CPU (`estimate`): running out of memory there means swapping, not an error one can catch,
-  so the peak resident memory of passes of 1 and of `CPU_PROBE` images gives bytes per image
-  and fixed bytes (the Figure-12 extrapolation of `vitrun.benchmark`), and the largest divisor
-  of the slice that fits in `1 - SAFETY` of the memory available to this rank is taken. A slice
-  of at most `CPU_PROBE` images just ran whole: it is kept. Where peak memory cannot be read
-  (not Linux) the whole slice is kept, as without "auto".
+* CPU (`estimate`): running out of memory there means swapping, not an error one can catch.
+  One pass of `CPU_PROBE` images (or the slice, if smaller) counts the bytes autograd keeps for
+  the backward pass (activations; parameters excluded, each storage once), which grow in
+  proportion to the batch; the largest divisor of the slice whose activations, with the
+  gradients and optimizer state to come, fit in `1 - SAFETY` of the memory available to this
+  rank is taken. Not the resident-memory extrapolation of `vitrun bench inference` (Figure 12):
+  glibc keeps freed memory resident between passes, so a second training pass adds little new
+  residency (ViT-B/16 at 224 px, 2-core CPU: it read 38 MiB per image where autograd keeps
+  112 MiB, and would have taken a slice of 512 in 8 GiB).
 
 Every rank takes the smallest answer (an all-reduce), so all ranks cut their slices alike. The
 probe leaves the weights, buffers, gradients, optimizer and random state as they were: a run
@@ -67,20 +70,32 @@ def search(per_rank: int, fits: Callable[[int], bool]) -> int:
     return micro
 
 
-def estimate(per_rank: int, run: Callable[[int], None], budget: int) -> Choice:
-    """CPU: the micro-batch extrapolated from the peak memory of passes of 1 and CPU_PROBE images
-    (or fewer: the whole slice) against `budget` bytes."""
-    from vitrun.benchmark import _estimated_cpu_batch
-
+def estimate(per_rank: int, activations: Callable[[int], int], budget: int) -> Choice:
+    """CPU: the largest divisor of the slice whose activations fit in `budget` bytes;
+    activations(m): the bytes autograd keeps for m images (`saved_bytes`)."""
     probe = min(per_rank, CPU_PROBE)
-    if probe < 2:
-        return Choice(per_rank, "the whole slice (1 image)")
-    fits, how = _estimated_cpu_batch(run, probe, budget, per_rank)
-    if how == "unknown" or fits is None:
-        return Choice(per_rank, "the whole slice (peak memory cannot be read here)")
-    if probe == per_rank or fits >= per_rank:
-        return Choice(per_rank, f"the whole slice fits in {budget / 2**30:.1f} GiB (estimated from peak memory)")
-    return Choice(next_divisor(per_rank, max(fits, 1)), f"{fits} images fit in {budget / 2**30:.1f} GiB (estimated from peak memory)")
+    per_image = max(activations(probe) / probe, 1.0)
+    fits = int(budget // per_image)
+    where = f"{budget / 2**30:.1f} GiB, {per_image / 2**20:.1f} MiB of activations per image"
+    if fits >= per_rank:
+        return Choice(per_rank, f"the whole slice fits in {where}")
+    return Choice(next_divisor(per_rank, max(fits, 1)), f"{fits} images fit in {where}")
+
+
+def saved_bytes(run: Callable[[int], None], m: int, model: nn.Module) -> int:
+    """Bytes autograd keeps for the backward pass of `run(m)`: each storage once, parameters not."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()  # alive until backward: no address is reused meanwhile
+        if storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run(m)
+    return sum(kept.values())
 
 
 def method(device: torch.device) -> str:
@@ -99,13 +114,8 @@ def choose(model: nn.Module, optimizer: torch.optim.Optimizer, run: Callable[[in
         if method(device) == "search":
             micro = search(per_rank, lambda m: _fits_on_device(run, m, extra, device, model))
             return Choice(micro, f"probed on {device}")
-        budget = int(available_memory() / max(1, ranks_here) * (1 - SAFETY)) - extra
-
-        def fresh(m: int) -> None:
-            model.zero_grad(set_to_none=True)  # every pass allocates its gradients anew
-            run(m)
-
-        return estimate(per_rank, fresh, max(budget, 0))
+        budget = int(available_memory() / max(1, ranks_here) * (1 - SAFETY)) - extra - parameter_bytes(model)  # the gradients
+        return estimate(per_rank, lambda m: saved_bytes(run, m, model), max(budget, 0))
 
 
 def _fits_on_device(run: Callable[[int], None], m: int, extra: int, device: torch.device, model: nn.Module) -> bool:
