@@ -18,7 +18,8 @@ before the first step, on this rank's own first batch and model:
   rank is taken. Not the resident-memory extrapolation of `vitrun bench inference` (Figure 12):
   glibc keeps freed memory resident between passes, so a second training pass adds little new
   residency (ViT-B/16 at 224 px, 2-core CPU: it read 38 MiB per image where autograd keeps
-  112 MiB, and would have taken a slice of 512 in 8 GiB).
+  112 MiB, and would have put a slice of 512 in 8 GiB). vitrun's models have no BatchNorm, but
+  the counting pass is of 4 images, not 1, so one that has can train on it.
 
 Every rank takes the smallest answer (an all-reduce), so all ranks cut their slices alike. The
 probe leaves the weights, buffers, gradients, optimizer and random state as they were: a run
@@ -36,13 +37,13 @@ import torch
 from torch import nn
 
 SAFETY = 0.10  # share of the memory a chosen micro-batch leaves free
-CPU_PROBE = 4  # images in the CPU's second peak-memory pass
+CPU_PROBE = 4  # images in the CPU's counting pass
 
 
 @dataclass(frozen=True)
 class Choice:
     micro: int  # images per micro-step on this rank
-    how: str  # "probed on cuda:0", "estimated from peak memory", …: for the record and the console
+    how: str  # "probed on cuda:0", "the whole slice fits in …": for the record and the console
 
 
 def next_divisor(n: int, below: int) -> int:
