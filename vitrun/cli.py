@@ -475,7 +475,7 @@ def analyze_cmd(target, whats, source, images, out_dir, device, results, cache_d
     timm:NAME (timm's weights, hub or cache) or npz:PATH (an official checkpoint).
     Each analysis folder keeps an index.json the HTML report reads.
     """
-    from vitrun.engine.device import place
+    from vitrun.engine.device import FLAG_SETTING, place
     from vitrun.evals import analyze
     from vitrun.store import Store
 
