@@ -100,12 +100,17 @@ def _batch(step):
     return x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
 
 
-def _train(root: Path, accumulation: int = 1, auto: bool = False, objective=None, notices=None):
+def _train(root: Path, accumulation: int = 1, auto: bool = False, objective=None, notices=None, stop_at: int | None = None):
     model = _model()
     optimizer = torch.optim.AdamW(decay_groups(model, 0.1), lr=0.05)
     settings = LoopSettings(steps=STEPS, warmup_steps=1, schedule="linear", grad_clip=1.0, log_every=3, checkpoint_seconds=1e9, accumulation=accumulation, auto_micro_batch=auto)
-    root.mkdir(parents=True)
-    summary = train(model, optimizer, _batch, objective or supervised(F.cross_entropy), settings, place("cpu"), StageDir(root), seed=0, on_notice=notices.append if notices is not None else None)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def stop(step, loss):
+        if step == stop_at:
+            raise KeyboardInterrupt
+
+    summary = train(model, optimizer, _batch, objective or supervised(F.cross_entropy), settings, place("cpu"), StageDir(root), seed=0, on_step=stop, on_notice=notices.append if notices is not None else None)
     return model.state_dict(), summary
 
 
@@ -130,6 +135,22 @@ def test_auto_with_out_of_memory_trains_bit_for_bit_as_the_explicit_micro_batch(
     whole, _ = _train(tmp_path / "whole")
     assert not all(torch.equal(whole[k], explicit[k]) for k in explicit)  # the comparison can tell splits apart
     assert len(notices) == 1 and 'micro_batch = "auto": 4 images per micro-step × 3 accumulation' in notices[0]
+
+
+def test_a_resumed_stage_keeps_its_micro_batch_while_it_fits(tmp_path, monkeypatch):
+    from vitrun.engine import Interrupted
+
+    monkeypatch.setattr(micro_batch, "method", lambda device: "search")
+    uninterrupted, _ = _train(tmp_path / "whole", auto=True, objective=_out_of_memory_above(5))
+    with pytest.raises(Interrupted):
+        _train(tmp_path / "resumed", auto=True, objective=_out_of_memory_above(5), stop_at=2)
+    resumed, summary = _train(tmp_path / "resumed", auto=True, objective=_out_of_memory_above(100))  # more memory now
+    assert summary["parallel"]["micro_batch"] == 4 and "from the 4 the stage started with" in summary["parallel"]["micro_batch_auto"]
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+    tighter = tmp_path / "tighter"  # less memory on resume: it goes lower
+    with pytest.raises(Interrupted):
+        _train(tighter, auto=True, objective=_out_of_memory_above(5), stop_at=2)
+    assert _train(tighter, auto=True, objective=_out_of_memory_above(3))[1]["parallel"]["micro_batch"] == 3
 
 
 def test_auto_on_the_cpu_keeps_a_slice_that_fits_and_changes_nothing(tmp_path):

@@ -133,7 +133,8 @@ def train(
     channels_last = placement.prepare(model)
     accumulation, chosen = settings.accumulation, {}
     if settings.auto_micro_batch and start < settings.steps:  # probed on the bare model: DDP would all-reduce
-        accumulation, batch_at, chosen = _auto_micro_batch(model, optimizer, objective, batch_at, start, placement, world, channels_last)
+        # a resumed stage keeps the micro-batch it started with while it still fits (bit for bit)
+        accumulation, batch_at, chosen = _auto_micro_batch(model, optimizer, objective, batch_at, start, placement, world, channels_last, kept.get("micro_batch"))
         if main and on_notice:
             on_notice(f"{stage_dir.path.name}: micro_batch = \"auto\": {chosen['micro_batch']} images per micro-step × {accumulation} accumulation ({chosen['micro_batch_auto']})")
     wrapped = _data_parallel(model, placement, world, settings.find_unused_parameters)
@@ -157,6 +158,8 @@ def train(
     def save(at: int) -> None:
         if main:
             state = {"loss_sum": float(loss_sum), "loss_count": loss_count, "last_loss": last_loss, "env": started_with, "extras": {type(e).__name__: e.state_dict() for e in extras}}
+            if chosen:
+                state["micro_batch"] = chosen["micro_batch"]
             writer.save(stage_dir.checkpoint_file, model, optimizer, at, state, settings.keep_checkpoints)
 
     def check_finite() -> None:
@@ -224,10 +227,11 @@ def train(
     return {"final_loss": last_loss, "steps": settings.steps, **({"parallel": chosen} if chosen else {})}
 
 
-def _auto_micro_batch(model, optimizer, objective, batch_at, step: int, placement: Placement, world: World, channels_last: bool) -> tuple[int, Callable[[int], Batch], dict]:
+def _auto_micro_batch(model, optimizer, objective, batch_at, step: int, placement: Placement, world: World, channels_last: bool, before: int | None = None) -> tuple[int, Callable[[int], Batch], dict]:
     """(accumulation, batch_at, what stage.json records): the micro-batch that fits this rank's
     slice of step `step` (engine/micro_batch.py), the smallest over the ranks; the probed batch
-    is handed to the first step rather than loaded twice."""
+    is handed to the first step rather than loaded twice. before: the micro-batch a resumed
+    stage ran with: tried first, never exceeded."""
     try:
         first = batch_at(step)
         images, labels = first
@@ -241,7 +245,7 @@ def _auto_micro_batch(model, optimizer, objective, batch_at, step: int, placemen
             loss.backward()
 
         model.train()
-        choice = micro_batch.choose(model, optimizer, run, per_rank, placement.device, world.distributed, _ranks_here(world))
+        choice = micro_batch.choose(model, optimizer, run, per_rank, placement.device, world.distributed, _ranks_here(world), before)
     except Exception as err:  # the others are about to meet in the all-reduce below
         if world.distributed and not distributed.is_agreed(err):
             world.agree(distributed.FAILED)

@@ -23,7 +23,9 @@ before the first step, on this rank's own first batch and model:
 
 Every rank takes the smallest answer (an all-reduce), so all ranks cut their slices alike. The
 probe leaves the weights, buffers, gradients, optimizer and random state as they were: a run
-with "auto" is bit for bit a run with `micro_batch` set to the value it chose.
+with "auto" is bit for bit a run with `micro_batch` set to the value it chose. The choice
+travels in the checkpoint; a resumed stage tries it first and never goes above it, so a resume
+with as much memory is bit for bit the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -51,12 +53,12 @@ def next_divisor(n: int, below: int) -> int:
     return next(d for d in range(max(1, min(below, n)), 0, -1) if n % d == 0)
 
 
-def search(per_rank: int, fits: Callable[[int], bool]) -> int:
-    """The largest divisor of `per_rank` for which `fits` holds (memory grows with the batch):
-    the slice, then halving to the next divisor until one fits, then the divisors between that
-    and the last that did not, by bisection. Raises MemoryError (one line) when not even one
-    image fits."""
-    micro, too_big = per_rank, None
+def search(per_rank: int, fits: Callable[[int], bool], start: int | None = None) -> int:
+    """The largest divisor of `per_rank` (at most `start`, a divisor) for which `fits` holds
+    (memory grows with the batch): the slice (or `start`), then halving to the next divisor
+    until one fits, then the divisors between that and the last that did not, by bisection.
+    Raises MemoryError (one line) when not even one image fits."""
+    micro, too_big = start or per_rank, None
     while not fits(micro):
         if micro == 1:
             raise MemoryError("not even 1 image per micro-step fits in the device's memory: use a smaller model or image size, or more devices")
@@ -71,15 +73,15 @@ def search(per_rank: int, fits: Callable[[int], bool]) -> int:
     return micro
 
 
-def estimate(per_rank: int, activations: Callable[[int], int], budget: int) -> Choice:
-    """CPU: the largest divisor of the slice whose activations fit in `budget` bytes;
-    activations(m): the bytes autograd keeps for m images (`saved_bytes`)."""
+def estimate(per_rank: int, activations: Callable[[int], int], budget: int, start: int | None = None) -> Choice:
+    """CPU: the largest divisor of the slice (at most `start`) whose activations fit in `budget`
+    bytes; activations(m): the bytes autograd keeps for m images (`saved_bytes`)."""
     probe = min(per_rank, CPU_PROBE)
     per_image = max(activations(probe) / probe, 1.0)
     fits = int(budget // per_image)
     where = f"{budget / 2**30:.1f} GiB, {per_image / 2**20:.1f} MiB of activations per image"
-    if fits >= per_rank:
-        return Choice(per_rank, f"the whole slice fits in {where}")
+    if fits >= (start or per_rank):
+        return Choice(start or per_rank, f"the whole slice fits in {where}" if not start else f"{fits} images fit in {where}; kept the {start} the stage started with")
     return Choice(next_divisor(per_rank, max(fits, 1)), f"{fits} images fit in {where}")
 
 
@@ -104,19 +106,22 @@ def method(device: torch.device) -> str:
     return "search" if device.type == "cuda" else "estimate"
 
 
-def choose(model: nn.Module, optimizer: torch.optim.Optimizer, run: Callable[[int], None], per_rank: int, device: torch.device, data_parallel: bool = False, ranks_here: int = 1) -> Choice:
+def choose(model: nn.Module, optimizer: torch.optim.Optimizer, run: Callable[[int], None], per_rank: int, device: torch.device, data_parallel: bool = False, ranks_here: int = 1, before: int | None = None) -> Choice:
     """This rank's micro-batch: `run(m)` does one forward + backward of the first m images of
     the step's slice, as training does (autocast, memory format). data_parallel: DDP will add
     gradient buckets (one more gradient's worth); ranks_here: processes sharing this machine's
-    memory (the CPU estimate divides it among them). Model, gradients, buffers and random
-    state are as before when it returns."""
+    memory (the CPU estimate divides it among them); before: what a resumed stage ran with,
+    kept while it fits (then the resumed run is bit for bit the uninterrupted one), ignored
+    when it does not divide the slice (another number of ranks). Model, gradients, buffers
+    and random state are as before when it returns."""
+    before = before if before and per_rank % before == 0 else None
     extra = optimizer_state_bytes(optimizer) + (parameter_bytes(model) if data_parallel else 0)
     with unchanged(model, device):
         if method(device) == "search":
-            micro = search(per_rank, lambda m: _fits_on_device(run, m, extra, device, model))
-            return Choice(micro, f"probed on {device}")
+            micro = search(per_rank, lambda m: _fits_on_device(run, m, extra, device, model), before)
+            return Choice(micro, f"probed on {device}" + (f", from the {before} the stage started with" if before else ""))
         budget = int(available_memory() / max(1, ranks_here) * (1 - SAFETY)) - extra - parameter_bytes(model)  # the gradients
-        return estimate(per_rank, lambda m: saved_bytes(run, m, model), max(budget, 0))
+        return estimate(per_rank, lambda m: saved_bytes(run, m, model), max(budget, 0), before)
 
 
 def _fits_on_device(run: Callable[[int], None], m: int, extra: int, device: torch.device, model: nn.Module) -> bool:
