@@ -315,3 +315,14 @@ def test_cache_dir_defaults_to_env(tmp_path, monkeypatch):
 def test_digits_smallest_training_class_is_what_recipes_check_shots_against():
     train, _ = digits.load_split(8)
     assert int(torch.bincount(train.labels).min()) == digits.TRAIN_MIN_PER_CLASS
+
+
+def test_digits_read_straight_from_the_file_equal_scikit_learns_loader(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    pixels, labels = digits._read()  # the fast path: the CSV inside scikit-learn, no sklearn import
+    bunch = load_digits()
+    assert np.array_equal(pixels, bunch.images) and np.array_equal(labels, bunch.target)
+    monkeypatch.setattr(digits.importlib.util, "find_spec", lambda name: None)  # a layout we do not know
+    fallback_pixels, fallback_labels = digits._read()
+    assert np.array_equal(fallback_pixels, bunch.images) and np.array_equal(fallback_labels, bunch.target)
