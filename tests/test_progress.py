@@ -18,14 +18,14 @@ def test_plain_lines_when_output_is_not_a_terminal(monkeypatch):
     with RunProgress(console, stages=2, every=15.0) as progress:
         progress.advance()
         progress.stage("pretrain ViT-Mu/4 · fractal", steps=300, batch_size=64)  # t=0
-        progress.step(1, 5.0)  # t=1: rates count from the first step
-        progress.step(2, 4.0)  # t=5: too soon for a line
-        progress.step(101, 2.0)  # t=20: a line; 100 steps in 19 s
+        progress.step(1, float("nan"))  # t=1: rates count from the first step
+        progress.step(2, float("nan"))  # t=5: too soon for a line
+        progress.step(101, float("nan"))  # t=20: a line; 100 steps in 19 s, no loss read back yet
         progress.step(102, 2.0)  # t=21: too soon
         progress.step(300, 1.25)  # t=40: the last step always prints
     lines = out.getvalue().splitlines()
     assert lines[0] == "stage 1/2 pretrain ViT-Mu/4 · fractal: 300 steps"
-    assert lines[1].startswith("  pretrain ViT-Mu/4 · fractal: step 101/300 (34%) · loss 2 · 336.8 img/s · ETA 0:00:38")
+    assert lines[1].startswith("  pretrain ViT-Mu/4 · fractal: step 101/300 (34%) · loss – · 336.8 img/s · ETA 0:00:38")
     assert lines[2].startswith("  pretrain ViT-Mu/4 · fractal: step 300/300 (100%) · loss 1.25")
     assert len(lines) == 3
 

@@ -382,8 +382,9 @@ def bench_train_cmd(name, batch_size, image_size, precision, compile_, device, c
 
     Images/s, achieved TFLOP/s (counted forward FLOPs × 3 for forward + backward), the share
     of the matrix-multiply peak measured on the same device in this run, and our speed over
-    timm's (same weights, vitrun.interop.to_timm), median of steps timed in turns.
-    `bench model` also times inference.
+    timm's (same weights, vitrun.interop.to_timm), median of steps timed in turns. A step
+    is forward, backward and the AdamW update as each trainer builds it: vitrun's fused
+    kernels, timm's create_optimizer_v2. `bench model` also times inference.
     """
     from vitrun.benchmark import bench_train
     from vitrun.engine.device import FLAG_SETTING, place

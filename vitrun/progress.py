@@ -70,7 +70,9 @@ class RunProgress:
         done = step - self.first_step
         rate = done / seconds if seconds > 0 and done > 0 else 0.0
         eta = timedelta(seconds=round((self.total - step) / rate)) if rate else "?"
-        loss_text = f"{loss:.4g}" if math.isfinite(loss) else str(loss)
+        # The loop reads the loss back only every log_every steps (no host sync per step), and a
+        # non-finite reading ends the stage before it gets here: NaN means "not read yet".
+        loss_text = f"{loss:.4g}" if math.isfinite(loss) else "–"
         return (f"  {escape(self.label)}: step {step:,}/{self.total:,} ({step / max(self.total, 1):.0%}) · loss {loss_text}"
                 f" · {rate * self.batch:,.1f} img/s · ETA {eta}")
 

@@ -280,7 +280,7 @@ def _boom(*args, **kwargs):
 def test_cache_is_reused_for_the_same_and_smaller_requests(tmp_path, monkeypatch):
     first = data.load("shapes", seed=2, cache_dir=tmp_path, image_size=16, classes=4, per_class=6)
     files = sorted((tmp_path / "data").iterdir())
-    assert [f.name for f in files] == ["shapes-v1-seed2-px16-c4-n6.npz"]
+    assert [f.name for f in files] == [f"shapes-v{shapes.VERSION}-seed2-px16-c4-n6.npz"]
     monkeypatch.setattr(shapes, "generate", _boom)
     again = data.load("shapes", seed=2, cache_dir=tmp_path, image_size=16, classes=4, per_class=6)
     assert torch.equal(again.train.images, first.train.images)
@@ -309,9 +309,20 @@ def test_damaged_cache_is_regenerated(tmp_path, damage):
 def test_cache_dir_defaults_to_env(tmp_path, monkeypatch):
     monkeypatch.setenv("VITRUN_CACHE", str(tmp_path / "env"))
     data.load("shapes", image_size=8, classes=1, per_class=1)
-    assert [p.name for p in (tmp_path / "env" / "data").iterdir()] == ["shapes-v1-seed0-px8-c1-n1.npz"]
+    assert [p.name for p in (tmp_path / "env" / "data").iterdir()] == [f"shapes-v{shapes.VERSION}-seed0-px8-c1-n1.npz"]
 
 
 def test_digits_smallest_training_class_is_what_recipes_check_shots_against():
     train, _ = digits.load_split(8)
     assert int(torch.bincount(train.labels).min()) == digits.TRAIN_MIN_PER_CLASS
+
+
+def test_digits_read_straight_from_the_file_equal_scikit_learns_loader(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    pixels, labels = digits._read()  # the fast path: the CSV inside scikit-learn, no sklearn import
+    bunch = load_digits()
+    assert np.array_equal(pixels, bunch.images) and np.array_equal(labels, bunch.target)
+    monkeypatch.setattr(digits.importlib.util, "find_spec", lambda name: None)  # a layout we do not know
+    fallback_pixels, fallback_labels = digits._read()
+    assert np.array_equal(fallback_pixels, bunch.images) and np.array_equal(fallback_labels, bunch.target)

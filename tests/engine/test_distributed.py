@@ -236,7 +236,8 @@ def test_channels_last_only_for_convnets():
     vit_like = nn.Sequential(nn.Conv2d(3, 4, 4, stride=4), nn.Flatten())
     assert is_convnet(resnet_like) and not is_convnet(vit_like)
     cpu = Placement(torch.device("cpu"), None, False)
-    assert not cpu.prepare(resnet_like) and not cpu.fused  # CPU keeps the plain paths
+    assert not cpu.prepare(resnet_like) and cpu.fused  # CPU: plain memory format, fused optimizer kernels
+    assert not Placement(torch.device("meta"), None, False).fused  # a device without fused kernels: foreach
     x = cpu.images(torch.zeros(2, 3, 8, 8), channels_last=True)
     assert x.is_contiguous(memory_format=torch.channels_last)
 
