@@ -7,7 +7,7 @@ recipe:
 
 * every real dataset becomes the embedded fractal generator with the same number of classes,
   capped at SMOKE_CLASSES; its name stays as the label tables show (embedded sets are kept);
-  a few images per class;
+  a few images per class (a random `train_size` subset and its `dev_size` shrink to fit them);
 * images are SMOKE_IMAGE px for pre-training and SMOKE_FINETUNE_IMAGE px for fine-tuning (a
   different size, so position embeddings are still resampled);
 * a few steps per stage, small batches, warm-up 1; `epochs` become steps;
@@ -118,7 +118,21 @@ def _stand_in(section: dict[str, Any], known, per_class: int | None) -> None:
         section.pop(key, None)
     if per_class is not None:
         section["per_class"] = per_class
-        section["dev_fraction"] = SMOKE_DEV_FRACTION
+        _shrink_subset(section, pool=section["classes"] * per_class)
+        if "dev_size" not in section:
+            section["dev_fraction"] = SMOKE_DEV_FRACTION
+
+
+def _shrink_subset(section: dict[str, Any], pool: int) -> None:
+    """A random `train_size` subset (VTAB-1k's 1,000) to fit the stand-in's `pool` images, its
+    `dev_size` (200) in the same proportion, so both keys still run."""
+    size = section.get("train_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        return  # unset, or the schema's to report
+    section["train_size"] = small = min(size, pool * 3 // 4)
+    dev = section.get("dev_size")
+    if isinstance(dev, int) and not isinstance(dev, bool) and dev > 0:
+        section["dev_size"] = max(1, min(small - 1, round(dev * small / size)))
 
 
 def _shrink_training(section: dict[str, Any], image_size: int | None = None) -> None:

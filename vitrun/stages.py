@@ -239,7 +239,7 @@ def _dev_warning(dev: dict[str, float], images: int, chosen: float) -> str | Non
     scores = sorted(dev.values(), reverse=True)
     if images and images < MIN_DEV_IMAGES:
         return (f"the dev split has {images} images, too few to tell learning rates apart (accuracies {', '.join(f'{v:.0%}' for v in dev.values())}); "
-                f"chose lr {chosen}; raise dev_fraction, or give one lr to skip the search")
+                f"chose lr {chosen}; raise dev_fraction (or dev_size), or give one lr to skip the search")
     if len(scores) > 1 and images and scores[0] - scores[1] < 1 / images:
         return f"the best learning rates tie on the dev split ({images} images); chose lr {chosen}, the first listed"
     return None

@@ -120,3 +120,18 @@ def test_unset_subset_keys_keep_stage_keys_and_set_ones_change_them(write_recipe
 def test_subset_sizes_that_cannot_work_are_recipe_errors(write_recipe, keys, message):
     with pytest.raises(RecipeError, match=message):
         load(str(write_recipe(RECIPE.format(keys=keys))))
+
+
+def test_a_torchvision_class_without_splits_gets_a_carved_test_share(tmp_path):
+    """EuroSAT (a VTAB-1k task) has no train/test split in torchvision: the whole set trains and
+    a stratified share is the test set, as for hub sets without a test split."""
+    from tests.data.conftest import CLASSES, write_tree
+    from vitrun.data import SourceError, SourceOptions
+
+    write_tree(tmp_path / "eurosat" / "2750", 10)
+    ds = data.load("torchvision:EuroSAT", image_size=16, options=SourceOptions(root=str(tmp_path), test_fraction=0.2))
+    assert (len(ds.train), len(ds.test), ds.num_classes) == (8 * len(CLASSES), 2 * len(CLASSES), len(CLASSES))
+    assert set(ds.train.rows.tolist()).isdisjoint(ds.test.rows.tolist())
+    assert len(data.load("torchvision:EuroSAT", image_size=16, options=SourceOptions(root=str(tmp_path)), train_size=12).train) == 12
+    with pytest.raises(SourceError, match="no splits to choose from"):
+        data.load("torchvision:EuroSAT", image_size=16, options=SourceOptions(root=str(tmp_path), test_split="val"))
