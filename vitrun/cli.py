@@ -580,14 +580,15 @@ def bench_inference_cmd(model_names, sizes, device, batch, repeats, max_batch, m
 @click.option("--split", type=click.Choice(["test", "train", "validation"]), default="test", show_default=True, help="Which split to score.")
 @click.option("--image-size", type=click.IntRange(4), default=None, help="Evaluation resolution [default: the model's].")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
+@click.option("--view", type=click.Choice(["full", "center"]), default="full", show_default=True, help="full: the whole image resized, as fine-tuning tests (vit_jax); center: shorter side resized and centre-cropped, as pre-training tests and few-shot.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A source option as in a recipe, e.g. --option label_column=fine_label. Repeatable.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True, help="json: {target, data, split, images, top1, top5, per_class, confusion}.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True, help="json: {target, data, split, view, images, top1, top5, per_class, confusion}.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where the confusion matrix PNG and JSON go [default: the stage's folder, evaluation/<data>/; else ./evaluation/].")
 @click.option("--experiment", help="The experiment holding a stage key, when several do.")
 @results_option
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda when there is one).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), envvar="VITRUN_CACHE", help="Where generated datasets are cached [env VITRUN_CACHE; default ~/.cache/vitrun].")
-def evaluate_cmd(target, source, split, image_size, batch_size, options, fmt, out_dir, experiment, results, device, cache_dir):
+def evaluate_cmd(target, source, split, image_size, batch_size, view, options, fmt, out_dir, experiment, results, device, cache_dir):
     """Score TARGET on a dataset: top-1, top-5, per-class accuracy and a confusion matrix.
 
     \b
@@ -614,11 +615,11 @@ def evaluate_cmd(target, source, split, image_size, batch_size, options, fmt, ou
         images = {"test": ds.test, "train": ds.train, "validation": ds.validation}[split]
         if images is None:
             raise ValueError(f"{source} has no validation split; use --split test or train")
-        result = evaluate(model.model, images, size, place(device), batch_size)
+        result = evaluate(model.model, images, size, place(device), batch_size, view=view)
     except (trained.TargetError, data.SourceError, ValueError, RuntimeError) as err:
         _fail(str(err))
     out = Path(out_dir) if out_dir else trained.default_out(model, f"evaluation/{slug(source)}-{split}", Path("evaluation") / slug(f"{target}-{source}-{split}"))
-    document = {"target": target, "data": source, "split": split, "image_size": size, **result.to_json()}
+    document = {"target": target, "data": source, "split": split, "image_size": size, "view": view, **result.to_json()}
     _write_text(out / "evaluation.json", json.dumps(document, indent=2))
     save_confusion_png(result, out / "confusion.png", f"{model.label} on {source} ({split})")
     if fmt == "json":
@@ -627,7 +628,7 @@ def evaluate_cmd(target, source, split, image_size, batch_size, options, fmt, ou
     from rich.table import Table
 
     console = _console()
-    console.print(f"[bold]{model.label}[/bold] on {source} ({split}, {result.images:,} images at {size} px): "
+    console.print(f"[bold]{model.label}[/bold] on {source} ({split}, {result.images:,} images at {size} px, {view} view): "
                   f"top-1 [bold]{result.top1:.1%}[/bold], top-5 {result.top5:.1%}")
     table = Table(title="Per-class accuracy", title_justify="left", header_style="bold")
     for column in ("class", "images", "accuracy (%)"):
