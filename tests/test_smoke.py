@@ -36,7 +36,7 @@ def test_the_paper_recipes_are_found():
     assert resolve_path("pretrain_b16.toml") == BUILTIN_DIR / "paper" / "pretrain_b16.toml"
 
 
-@pytest.mark.parametrize("name, tiny", [("ViT-B/16", "ViT-Mu/4"), ("ViT-L/32", "ViT-Mi/8"), ("ViT-H/14", "ViT-Mi/4"), ("ViT-Mu/4", "ViT-Mu/4"),
+@pytest.mark.parametrize("name, tiny", [("ViT-B/16", "ViT-Mu/4"), ("ViT-L/32", "ViT-Mi/8"), ("ViT-H/14", "ViT-Mi/4"), ("ViT-Mu/4", "ViT-Mu/4"), ("ViT-Mi/4", "ViT-Mi/4"),
                                         ("R50x1", "R14x0.25"), ("R152x2", "R14x0.5"), ("R14x0.25", "R14x0.25"),
                                         ("R50+ViT-B/16", "R14x0.25+ViT-Mu/8"), ("R50+ViT-L/32", "R14x0.25+ViT-Mi/8")])
 def test_models_shrink_within_their_family(name, tiny):

@@ -80,7 +80,35 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
     The recipe's [sweep] expands into stages (pre-train → fine-tune / few-shot). Finished
     stages are skipped, a killed run resumes from its checkpoint, and adding a dataset or
     sweep value runs only the new stages.
+
+    \b
+    RECIPE may also be a folder (a path, or a built-in one: `mini`, `paper`): every recipe in
+    it runs, in name order, each as its own experiment with its own report; all are validated
+    before the first starts, and the options apply to each. The CPU miniatures of the paper:
+      vitrun recipe mini              (about an hour on 2 cores)
+      vitrun recipe mini --dry-run    (every plan and its estimate)
     """
+    from vitrun import suite
+    from vitrun.recipe import RecipeError
+
+    try:
+        members = suite.members(recipe)
+        if members is None:
+            complete = _run_recipe(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu)
+        else:
+            suite.validate(members, overrides, smoke=smoke, offline=dry_run)
+            complete = True
+            for i, path in enumerate(members, 1):
+                _console().rule(f"{recipe}: {path.stem} ({i}/{len(members)})")
+                complete = _run_recipe(str(path), results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu) and complete
+    except RecipeError as err:
+        _fail(str(err))
+    if not complete:
+        sys.exit(EXIT_FAILED)
+
+
+def _run_recipe(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu) -> bool:
+    """Plan (and unless dry_run, run and report) one recipe; False when a stage failed."""
     from vitrun import plan as planning
     from vitrun.engine import distributed
     from vitrun.recipe import RecipeError, load
@@ -107,7 +135,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
         console.print(_plan_table(loaded.name, stages, store, loaded.swept_keys(), gpu=gpu))
         for line in splits:
             console.print(line)
-        return
+        return True
     if nproc and nproc > 1 and not distributed.launched():
         sys.exit(distributed.relaunch(nproc, distributed.strip_option(sys.argv[1:], "--nproc-per-node")))
     from vitrun.engine import Interrupted
@@ -115,7 +143,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
 
     if not stages:
         console.print("Nothing to run (no stages in this shard or plan); nothing written")
-        return
+        return True
     try:
         summary = run_plan(loaded, stages, store, console, cache_dir, fail_fast)
     except ResultsUnwritable as err:
@@ -125,7 +153,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
     except KeyboardInterrupt:  # Ctrl-C between stages: finished stages are already saved
         _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
     if not main_rank:  # rank 0 reports; the others only share its exit status
-        sys.exit(0 if summary.complete else EXIT_FAILED)
+        return summary.complete
     if summary.ran:
         console.print(f"Ran {len(summary.ran)} stages; results in {store.root / loaded.name}")
     if loaded.variants[0].analysis:
@@ -133,8 +161,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
     if store.experiments() and loaded.name in store.experiments():
         _print_report(store, [loaded.name], "table", None, console, allow_missing=True, run=loaded.run_label)
     print_summary(summary, console)
-    if not summary.complete:
-        sys.exit(EXIT_FAILED)
+    return summary.complete
 
 
 @main.command("report")

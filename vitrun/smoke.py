@@ -12,7 +12,7 @@ recipe:
   different size, so position embeddings are still resampled);
 * a few steps per stage, small batches, warm-up 1; `epochs` become steps;
 * models shrink within their family, keeping every option but the size ones: ViT-Ti/S/B →
-  ViT-Mu, ViT-L/H → ViT-Mi, patches /14 /16 → /4 and /32 → /8; BiT R<depth>x<k> → R14x(k/4,
+  ViT-Mu, ViT-L/H → ViT-Mi (ViT-Mu/Mi stay as they are), patches /14 /16 → /4 and /32 → /8; BiT R<depth>x<k> → R14x(k/4,
   at least 0.25: GroupNorm's 32 groups need 16+ channels);
   hybrids → R14x0.25+ViT-Mu/8 (or Mi); `model.init` (downloaded weights) is dropped; each
   keeps its full-scale name as `model.label`, so tables (and the paper's numbers beside them,
@@ -58,6 +58,8 @@ def shrink_model(name: str) -> str:
 
 
 def _tiny_size(size: str) -> str:
+    if size in ("Mu", "Mi"):  # CPU-sized already (the miniatures compare the two): kept
+        return size
     return "Mi" if size in ("L", "H", "G") else "Mu"
 
 
