@@ -85,7 +85,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
     RECIPE may also be a folder (a path, or a built-in one: `mini`, `paper`): every recipe in
     it runs, in name order, each as its own experiment with its own report; all are validated
     before the first starts, and the options apply to each. The CPU miniatures of the paper:
-      vitrun recipe mini              (about an hour on 2 cores)
+      vitrun recipe mini              (≈ 30 minutes on 2 cores; ≤ 60 with a 2× margin)
       vitrun recipe mini --dry-run    (every plan and its estimate)
     """
     from vitrun import suite
@@ -98,8 +98,11 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
         else:
             suite.validate(members, overrides, smoke=smoke, offline=dry_run)
             complete = True
+            from vitrun.engine import distributed
+
             for i, path in enumerate(members, 1):
-                _console().rule(f"{recipe}: {path.stem} ({i}/{len(members)})")
+                if distributed.env_rank() == 0:  # under torchrun only rank 0 prints
+                    _console().rule(f"{recipe}: {path.stem} ({i}/{len(members)})")
                 complete = _run_recipe(str(path), results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu) and complete
     except RecipeError as err:
         _fail(str(err))
@@ -645,7 +648,8 @@ def evaluate_cmd(target, source, split, image_size, batch_size, view, options, f
         result = evaluate(model.model, images, size, place(device), batch_size, view=view)
     except (trained.TargetError, data.SourceError, ValueError, RuntimeError) as err:
         _fail(str(err))
-    out = Path(out_dir) if out_dir else trained.default_out(model, f"evaluation/{slug(source)}-{split}", Path("evaluation") / slug(f"{target}-{source}-{split}"))
+    folder = f"{source}-{split}" if view == "full" else f"{source}-{split}-{view}"  # one view does not overwrite the other
+    out = Path(out_dir) if out_dir else trained.default_out(model, f"evaluation/{slug(folder)}", Path("evaluation") / slug(f"{target}-{folder}"))
     document = {"target": target, "data": source, "split": split, "image_size": size, "view": view, **result.to_json()}
     _write_text(out / "evaluation.json", json.dumps(document, indent=2))
     save_confusion_png(result, out / "confusion.png", f"{model.label} on {source} ({split})")
