@@ -103,9 +103,9 @@ def load(
         from vitrun.data import sources
 
         if options is not None and options.stream:
-            for name, value in (("per_class", per_class), ("train_size", train_size)):
+            for name, value, how in (("per_class", per_class, "by label"), ("train_size", train_size, "from the whole split")):
                 if value is not None:
-                    raise SourceError(name, f"{source}: {name} draws images from the whole split, which a stream cannot; drop {name} or stream")
+                    raise SourceError(name, f"{source}: {name} draws images {how}, which a stream cannot; drop {name} or stream")
             return sources.open_stream(source, options, classes, cache_dir)
         return _random_train(_restrict(sources.open_dataset(source, options or SourceOptions(), cache_dir), seed, classes, per_class), seed, train_size)
     if source not in SOURCES:
