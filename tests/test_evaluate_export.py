@@ -178,3 +178,35 @@ def test_evaluation_counts_on_a_constructed_model():
     assert result.top1 == 0.0 and result.top5 == 1.0
     np.testing.assert_array_equal(result.confusion, [[0, 2, 0], [0, 0, 1], [3, 0, 0]])
     np.testing.assert_array_equal(result.per_class, [0.0, 0.0, 0.0])
+
+
+def test_evaluate_scores_the_view_it_is_given():
+    """A wide image whose class is drawn in its left quarter: the whole-image view ("full", what
+    fine-tuning tests) keeps it, the centre crop cuts it away."""
+    from vitrun.data.imageset import ImageSet
+
+    class LeftEdge(torch.nn.Module):
+        num_classes = 2
+
+        def forward(self, x):  # class 1 when the left column is bright
+            bright = (x[:, 0, :, 0].mean(1) > 0).long()
+            return torch.nn.functional.one_hot(bright, 2).float()
+
+    images = torch.zeros(4, 3, 8, 32, dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 0, 1])
+    images[labels == 1, :, :, :8] = 255
+    cpu = place("cpu", "fp32")
+    assert evaluate(LeftEdge(), ImageSet(images, labels, ("dark", "bright")), 8, cpu).top1 == 1.0
+    assert evaluate(LeftEdge(), ImageSet(images, labels, ("dark", "bright")), 8, cpu, view="center").top1 == 0.5
+
+
+def test_evaluate_defaults_to_the_fine_tuning_view(kept_run, tmp_path):
+    from vitrun.cli import evaluate_cmd
+    from vitrun.plan import FINETUNE_VIEWS
+
+    view = next(p for p in evaluate_cmd.params if p.name == "view")
+    assert view.default == FINETUNE_VIEWS["test"] == "full"
+    results, record = kept_run
+    center = _invoke("evaluate", record["key"], "--data", "digits", "--results", results, "--format", "json", "--out", tmp_path, "--view", "center")
+    assert json.loads(center.output)["view"] == "center"
+    assert _invoke("evaluate", record["key"], "--data", "digits", "--results", results, "--view", "crop").exit_code == 2

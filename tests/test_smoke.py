@@ -36,7 +36,7 @@ def test_the_paper_recipes_are_found():
     assert resolve_path("pretrain_b16.toml") == BUILTIN_DIR / "paper" / "pretrain_b16.toml"
 
 
-@pytest.mark.parametrize("name, tiny", [("ViT-B/16", "ViT-Mu/4"), ("ViT-L/32", "ViT-Mi/8"), ("ViT-H/14", "ViT-Mi/4"), ("ViT-Mu/4", "ViT-Mu/4"),
+@pytest.mark.parametrize("name, tiny", [("ViT-B/16", "ViT-Mu/4"), ("ViT-L/32", "ViT-Mi/8"), ("ViT-H/14", "ViT-Mi/4"), ("ViT-Mu/4", "ViT-Mu/4"), ("ViT-Mi/4", "ViT-Mi/4"),
                                         ("R50x1", "R14x0.25"), ("R152x2", "R14x0.5"), ("R14x0.25", "R14x0.25"),
                                         ("R50+ViT-B/16", "R14x0.25+ViT-Mu/8"), ("R50+ViT-L/32", "R14x0.25+ViT-Mi/8")])
 def test_models_shrink_within_their_family(name, tiny):
@@ -232,3 +232,15 @@ def test_shots_a_known_dataset_cannot_give_are_a_recipe_error(write_recipe, monk
     fewshot = [s.config["fewshot"]["shots"] for s in plan(loaded.variants) if s.kind == "fewshot" and "Flowers" in s.data]
     assert fewshot == [1, 5, 10]
     sources.check.cache_clear()
+
+
+def test_smoke_shrinks_vtab_subsets_to_fit_the_stand_ins():
+    """vtab1k's 1,000 random images (200 of them dev) become a subset the stand-in can give, in
+    the same proportion; its dev split stays dev_size (no dev_fraction beside it)."""
+    raw = tomllib.loads((BUILTIN_DIR / "paper" / "vtab1k.toml").read_text())
+    assert [(t["train_size"], t["dev_size"]) for t in raw["transfer"]] == [(1000, 200)] * 9
+    for t in smoke.shrink(raw)["transfer"]:
+        pool = t["classes"] * t["per_class"]
+        assert 0 < t["dev_size"] < t["train_size"] <= pool and "dev_fraction" not in t
+        assert t["dev_size"] == round(200 * t["train_size"] / 1000)
+    assert len(load(str(BUILTIN_DIR / "paper" / "vtab1k.toml"), smoke=True).variants[0].transfer) == 9

@@ -80,7 +80,38 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
     The recipe's [sweep] expands into stages (pre-train → fine-tune / few-shot). Finished
     stages are skipped, a killed run resumes from its checkpoint, and adding a dataset or
     sweep value runs only the new stages.
+
+    \b
+    RECIPE may also be a folder (a path, or a built-in one: `mini`, `paper`): every recipe in
+    it runs, in name order, each as its own experiment with its own report; all are validated
+    before the first starts, and the options apply to each. The CPU miniatures of the paper:
+      vitrun recipe mini              (≈ 30 minutes on 2 cores; ≤ 60 with a 2× margin)
+      vitrun recipe mini --dry-run    (every plan and its estimate)
     """
+    from vitrun import suite
+    from vitrun.recipe import RecipeError
+
+    try:
+        members = suite.members(recipe)
+        if members is None:
+            complete = _run_recipe(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu)
+        else:
+            suite.validate(members, overrides, smoke=smoke, offline=dry_run)
+            complete = True
+            from vitrun.engine import distributed
+
+            for i, path in enumerate(members, 1):
+                if distributed.env_rank() == 0:  # under torchrun only rank 0 prints
+                    _console().rule(f"{recipe}: {path.stem} ({i}/{len(members)})")
+                complete = _run_recipe(str(path), results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu) and complete
+    except RecipeError as err:
+        _fail(str(err))
+    if not complete:
+        sys.exit(EXIT_FAILED)
+
+
+def _run_recipe(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu) -> bool:
+    """Plan (and unless dry_run, run and report) one recipe; False when a stage failed."""
     from vitrun import plan as planning
     from vitrun.engine import distributed
     from vitrun.recipe import RecipeError, load
@@ -107,7 +138,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
         console.print(_plan_table(loaded.name, stages, store, loaded.swept_keys(), gpu=gpu))
         for line in splits:
             console.print(line, soft_wrap=True)
-        return
+        return True
     if nproc and nproc > 1 and not distributed.launched():
         sys.exit(distributed.relaunch(nproc, distributed.strip_option(sys.argv[1:], "--nproc-per-node")))
     from vitrun.engine import Interrupted
@@ -115,7 +146,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
 
     if not stages:
         console.print("Nothing to run (no stages in this shard or plan); nothing written")
-        return
+        return True
     try:
         summary = run_plan(loaded, stages, store, console, cache_dir, fail_fast)
     except ResultsUnwritable as err:
@@ -127,7 +158,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
     except KeyboardInterrupt:  # Ctrl-C between stages: finished stages are already saved
         _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
     if not main_rank:  # rank 0 reports; the others only share its exit status
-        sys.exit(0 if summary.complete else EXIT_FAILED)
+        return summary.complete
     if summary.ran:
         console.print(f"Ran {len(summary.ran)} stages; results in {store.root / loaded.name}")
     if loaded.variants[0].analysis:
@@ -135,8 +166,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
     if store.experiments() and loaded.name in store.experiments():
         _print_report(store, [loaded.name], "table", None, console, allow_missing=True, run=loaded.run_label)
     print_summary(summary, console)
-    if not summary.complete:
-        sys.exit(EXIT_FAILED)
+    return summary.complete
 
 
 @main.command("report")
@@ -583,14 +613,15 @@ def bench_inference_cmd(model_names, sizes, device, batch, repeats, max_batch, m
 @click.option("--split", type=click.Choice(["test", "train", "validation"]), default="test", show_default=True, help="Which split to score.")
 @click.option("--image-size", type=click.IntRange(4), default=None, help="Evaluation resolution [default: the model's].")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
+@click.option("--view", type=click.Choice(["full", "center"]), default="full", show_default=True, help="full: the whole image resized, as fine-tuning tests (vit_jax); center: shorter side resized and centre-cropped, as pre-training tests and few-shot.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A source option as in a recipe, e.g. --option label_column=fine_label. Repeatable.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True, help="json: {target, data, split, images, top1, top5, per_class, confusion}.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True, help="json: {target, data, split, view, images, top1, top5, per_class, confusion}.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where the confusion matrix PNG and JSON go [default: the stage's folder, evaluation/<data>/; else ./evaluation/].")
 @click.option("--experiment", help="The experiment holding a stage key, when several do.")
 @results_option
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda when there is one).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), envvar="VITRUN_CACHE", help="Where generated datasets are cached [env VITRUN_CACHE; default ~/.cache/vitrun].")
-def evaluate_cmd(target, source, split, image_size, batch_size, options, fmt, out_dir, experiment, results, device, cache_dir):
+def evaluate_cmd(target, source, split, image_size, batch_size, view, options, fmt, out_dir, experiment, results, device, cache_dir):
     """Score TARGET on a dataset: top-1, top-5, per-class accuracy and a confusion matrix.
 
     \b
@@ -617,11 +648,12 @@ def evaluate_cmd(target, source, split, image_size, batch_size, options, fmt, ou
         images = {"test": ds.test, "train": ds.train, "validation": ds.validation}[split]
         if images is None:
             raise ValueError(f"{source} has no validation split; use --split test or train")
-        result = evaluate(model.model, images, size, place(device, setting=FLAG_SETTING), batch_size)
+        result = evaluate(model.model, images, size, place(device, setting=FLAG_SETTING), batch_size, view=view)
     except (trained.TargetError, data.SourceError, ValueError, RuntimeError) as err:
         _fail(str(err))
-    out = Path(out_dir) if out_dir else trained.default_out(model, f"evaluation/{slug(source)}-{split}", Path("evaluation") / slug(f"{target}-{source}-{split}"))
-    document = {"target": target, "data": source, "split": split, "image_size": size, **result.to_json()}
+    folder = f"{source}-{split}" if view == "full" else f"{source}-{split}-{view}"  # one view does not overwrite the other
+    out = Path(out_dir) if out_dir else trained.default_out(model, f"evaluation/{slug(folder)}", Path("evaluation") / slug(f"{target}-{folder}"))
+    document = {"target": target, "data": source, "split": split, "image_size": size, "view": view, **result.to_json()}
     _write_text(out / "evaluation.json", json.dumps(document, indent=2))
     save_confusion_png(result, out / "confusion.png", f"{model.label} on {source} ({split})")
     if fmt == "json":
@@ -630,7 +662,7 @@ def evaluate_cmd(target, source, split, image_size, batch_size, options, fmt, ou
     from rich.table import Table
 
     console = _console()
-    console.print(f"[bold]{model.label}[/bold] on {source} ({split}, {result.images:,} images at {size} px): "
+    console.print(f"[bold]{model.label}[/bold] on {source} ({split}, {result.images:,} images at {size} px, {view} view): "
                   f"top-1 [bold]{result.top1:.1%}[/bold], top-5 {result.top5:.1%}")
     table = Table(title="Per-class accuracy", title_justify="left", header_style="bold")
     for column in ("class", "images", "accuracy (%)"):

@@ -5,7 +5,7 @@ Converted when the recipe loads, before validation: steps = ceil(epochs × train
 batch_size), and `epochs` is removed, so a recipe in epochs and one in the equivalent steps
 share their stage keys. The training size comes from what is known without loading data:
 
-* `pretrain.size` (a class-balanced subset), `per_class` × classes;
+* `pretrain.size` (a class-balanced subset), a transfer's `train_size`, `per_class` × classes;
 * embedded sets (generators: classes × images per class; digits);
 * local sources, counted: `folder:` (image files of the training tree), `parquet:` (row counts
   in the files' metadata), `wds:` (label members of the tars);
@@ -77,6 +77,8 @@ def _pretrain_images(pretrain: dict[str, Any]) -> int:
 
 def _transfer_images(transfer: dict[str, Any], i: int) -> int:
     where = f"transfer[{i}]"
+    if transfer.get("train_size"):
+        return _number(transfer, "train_size", where)
     if transfer.get("per_class"):
         return _number(transfer, "per_class", where) * _classes(transfer, where)
     return _source_images(transfer, where)

@@ -249,7 +249,20 @@ def _validate(path: Path, variant: dict[str, Any], sweep: dict[str, list[Any]], 
         raise RecipeError(f"{path}: {_describe(err, sweep, label)}") from None
     _check_sources(path, recipe, warnings)
     _check_shots(path, recipe)
+    _check_train_sizes(path, recipe)
     return recipe
+
+
+def _check_train_sizes(path: Path, recipe: Recipe) -> None:
+    """A `train_size` larger than a dataset vitrun knows the size of fails here, not after pre-training."""
+    from vitrun.data import known
+
+    for i, transfer in enumerate(recipe.transfer):
+        holds = known.lookup(transfer.data)
+        if transfer.train_size is None or holds is None or transfer.per_class is not None or transfer.classes or transfer.train_split or transfer.config:
+            continue
+        if transfer.train_size > holds.train_images:
+            raise RecipeError(f"{path}: transfer[{i}].train_size: {transfer.train_size:,} images, but {transfer.label} has {holds.train_images:,} to train on; lower train_size")
 
 
 def _check_shots(path: Path, recipe: Recipe) -> None:
@@ -270,6 +283,8 @@ def _images_per_class_at_least(transfer, k: int) -> int | None:
     """The smallest class's training images, counted up to `k` (None: unknown before loading)."""
     from vitrun import data
 
+    if transfer.train_size is not None:
+        return None  # a random subset: how many of each class it holds is known only after loading
     if transfer.per_class is not None:
         return transfer.per_class
     generator = data.GENERATORS.get(transfer.data)

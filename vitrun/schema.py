@@ -153,7 +153,7 @@ class DataFields(Section):
             del dumped["name"]
         if dumped.get("finetune", "") is None:  # [[transfer]] without a fine-tuning override
             del dumped["finetune"]
-        for key in ("epochs", "shots"):  # epochs: converted to steps on load (vitrun/epochs.py)
+        for key in ("epochs", "shots", "train_size", "dev_size"):  # epochs: converted to steps on load (vitrun/epochs.py)
             if key in dumped and dumped[key] is None:
                 del dumped[key]
         return drop_training_defaults(self, dumped)
@@ -316,6 +316,10 @@ class TransferConfig(DataFields):
 
     name: Optional[str] = None
     per_class: Optional[Images] = None
+    # VTAB-1k's protocol (Zhai et al. 2019): 1,000 random training images per task, 800 to train
+    # and 200 to pick the learning rate on, then the chosen rate trained on all 1,000.
+    train_size: Optional[Images] = Field(None, description="train on a seeded random subset of N training images, not class-balanced (VTAB-1k: 1000); nested across N; after per_class when both are set")
+    dev_size: Optional[Images] = Field(None, description="hold out N random training images (not stratified) to pick learning rates on, instead of dev_fraction (VTAB-1k: 200 of train_size = 1000)")
     # Any [finetune] key for this dataset only (Table 4: CIFAR 10k steps, Pets/Flowers 500, ...).
     # Not part of this table's stage config: the merged [finetune] of its stages carries it.
     finetune: Optional[dict[str, Any]] = None
@@ -333,6 +337,18 @@ class TransferConfig(DataFields):
         if stream:  # dev splits and k-shot draws pick images by label, anywhere in the split
             raise ValueError("stream = true is for [pretrain] only: a transfer dataset needs random access (dev split, k-shot draws); remove it here")
         return stream
+
+    @model_validator(mode="after")
+    def _subset_sizes_fit(self) -> "TransferConfig":
+        if self.dev_size is not None and self.dev_fraction is not None:
+            raise ValueError(f"[[transfer]] {self.label}: dev_size and dev_fraction both choose the dev split; keep one of them")
+        if self.dev_size is not None and self.train_size is not None and self.dev_size >= self.train_size:
+            raise ValueError(f"[[transfer]] {self.label}: dev_size = {self.dev_size} leaves none of train_size = {self.train_size} to train on; "
+                             f"set dev_size below train_size (VTAB-1k: train_size = 1000, dev_size = 200)")
+        if self.train_size is not None and self.per_class is not None and self.classes is not None and self.train_size > self.per_class * self.classes:
+            raise ValueError(f"[[transfer]] {self.label}: train_size = {self.train_size} is more than per_class × classes = {self.per_class * self.classes} images; "
+                             f"lower train_size or drop per_class")
+        return self
 
     @model_validator(mode="after")
     def _finetune_keys_known(self) -> "TransferConfig":

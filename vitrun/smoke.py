@@ -7,12 +7,12 @@ recipe:
 
 * every real dataset becomes the embedded fractal generator with the same number of classes,
   capped at SMOKE_CLASSES; its name stays as the label tables show (embedded sets are kept);
-  a few images per class;
+  a few images per class (a random `train_size` subset and its `dev_size` shrink to fit them);
 * images are SMOKE_IMAGE px for pre-training and SMOKE_FINETUNE_IMAGE px for fine-tuning (a
   different size, so position embeddings are still resampled);
 * a few steps per stage, small batches, warm-up 1; `epochs` become steps;
 * models shrink within their family, keeping every option but the size ones: ViT-Ti/S/B →
-  ViT-Mu, ViT-L/H → ViT-Mi, patches /14 /16 → /4 and /32 → /8; BiT R<depth>x<k> → R14x(k/4,
+  ViT-Mu, ViT-L/H → ViT-Mi (ViT-Mu/Mi stay as they are), patches /14 /16 → /4 and /32 → /8; BiT R<depth>x<k> → R14x(k/4,
   at least 0.25: GroupNorm's 32 groups need 16+ channels);
   hybrids → R14x0.25+ViT-Mu/8 (or Mi); `model.init` (downloaded weights) is dropped; each
   keeps its full-scale name as `model.label`, so tables (and the paper's numbers beside them,
@@ -58,6 +58,8 @@ def shrink_model(name: str) -> str:
 
 
 def _tiny_size(size: str) -> str:
+    if size in ("Mu", "Mi"):  # CPU-sized already (the miniatures compare the two): kept
+        return size
     return "Mi" if size in ("L", "H", "G") else "Mu"
 
 
@@ -118,7 +120,21 @@ def _stand_in(section: dict[str, Any], known, per_class: int | None) -> None:
         section.pop(key, None)
     if per_class is not None:
         section["per_class"] = per_class
-        section["dev_fraction"] = SMOKE_DEV_FRACTION
+        _shrink_subset(section, pool=section["classes"] * per_class)
+        if "dev_size" not in section:
+            section["dev_fraction"] = SMOKE_DEV_FRACTION
+
+
+def _shrink_subset(section: dict[str, Any], pool: int) -> None:
+    """A random `train_size` subset (VTAB-1k's 1,000) to fit the stand-in's `pool` images, its
+    `dev_size` (200) in the same proportion, so both keys still run."""
+    size = section.get("train_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        return  # unset, or the schema's to report
+    section["train_size"] = small = min(size, pool * 3 // 4)
+    dev = section.get("dev_size")
+    if isinstance(dev, int) and not isinstance(dev, bool) and dev > 0:
+        section["dev_size"] = max(1, min(small - 1, round(dev * small / size)))
 
 
 def _shrink_training(section: dict[str, Any], image_size: int | None = None) -> None:

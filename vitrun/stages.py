@@ -53,14 +53,15 @@ class Context:
     def dataset(self, section: dict[str, Any], image_size: int, classes: int | None = None, per_class: int | None = None) -> data.Dataset:
         """Load once per run: transfer sets are shared by every pre-trained model.
 
-        section: the stage config's [pretrain] or [transfer] table (source name and options).
+        section: the stage config's [pretrain] or [transfer] table (source name and options;
+        a transfer's `train_size`, absent from the config when unset).
         """
-        source, options = section["data"], SourceOptions.of(section)
+        source, options, train_size = section["data"], SourceOptions.of(section), section.get("train_size")
         # Real sources are decoded at whatever size a batch asks for: one load serves all.
         size = image_size if data.is_embedded(source) else None
-        key = (source, options, size, classes, per_class)
+        key = (source, options, size, classes, per_class, train_size)
         if key not in self._datasets:
-            self._datasets[key] = data.load(source, image_size=image_size, classes=classes, per_class=per_class, cache_dir=self.cache_dir, options=options)
+            self._datasets[key] = data.load(source, image_size=image_size, classes=classes, per_class=per_class, cache_dir=self.cache_dir, options=options, train_size=train_size)
         return self._datasets[key]
 
     def loader_settings(self) -> loader.LoaderSettings:
@@ -238,7 +239,7 @@ def _dev_warning(dev: dict[str, float], images: int, chosen: float) -> str | Non
     scores = sorted(dev.values(), reverse=True)
     if images and images < MIN_DEV_IMAGES:
         return (f"the dev split has {images} images, too few to tell learning rates apart (accuracies {', '.join(f'{v:.0%}' for v in dev.values())}); "
-                f"chose lr {chosen}; raise dev_fraction, or give one lr to skip the search")
+                f"chose lr {chosen}; raise dev_fraction (or dev_size), or give one lr to skip the search")
     if len(scores) > 1 and images and scores[0] - scores[1] < 1 / images:
         return f"the best learning rates tie on the dev split ({images} images); chose lr {chosen}, the first listed"
     return None
@@ -332,7 +333,11 @@ def _pretrained(stage: Stage, ctx: Context) -> nn.Module:
 
 def _dev_split(transfer: dict[str, Any], train):
     """(fraction, (train less dev, dev)): the held-out share of a transfer set's training split
-    that learning rates and l2 are picked on (App. B.1.1), the same images for every run."""
+    that learning rates and l2 are picked on (App. B.1.1), the same images for every run:
+    `dev_size` random images (VTAB-1k: 200 of 1,000), else a stratified `dev_fraction`."""
+    if transfer.get("dev_size"):
+        train_idx, dev_idx = sampling.random_split(len(train.labels), transfer["dev_size"], SPLIT_SEED)
+        return transfer["dev_size"] / len(train.labels), (train.subset(train_idx), train.subset(dev_idx))
     fraction = sources.dev_fraction(transfer["data"], SourceOptions.of(transfer))
     return fraction, sources.dev_split(train, fraction, SPLIT_SEED)
 

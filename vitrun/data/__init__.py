@@ -30,7 +30,7 @@ from vitrun.data.cache import cache_root, cached_generate
 from vitrun.data.imageset import Dataset, ImageSet
 from vitrun.data.lazy import LazyImageSet
 from vitrun.data.options import SourceError, SourceOptions
-from vitrun.data.sampling import k_shot
+from vitrun.data.sampling import k_shot, random_subset
 
 __all__ = ["SOURCES", "Dataset", "ImageSet", "LazyImageSet", "SourceError", "SourceOptions", "load", "check", "is_embedded"]
 
@@ -80,6 +80,7 @@ def load(
     per_class: int | None = None,
     cache_dir: str | Path | None = None,
     options: SourceOptions | None = None,
+    train_size: int | None = None,
 ) -> Dataset:
     """Load a source: embedded ones as uint8 images of ``image_size`` x ``image_size``,
     real ones (``KIND:TARGET``) as lazily decoded images of any size (``image_size`` unused).
@@ -88,11 +89,12 @@ def load(
     (defaults: the generator's); test images per class are fixed by the generator. For
     digits and real sources, keep the first ``classes`` classes and ``per_class`` seeded
     train images of each (ValueError past what exists).
+    train_size: then a seeded random (not class-balanced) subset of that many train images (VTAB-1k).
     seed: generators draw everything from it; other sources use it only to pick ``per_class`` images.
     cache_dir: where generated sets (and torchvision's default root) live; default $VITRUN_CACHE or ~/.cache/vitrun.
     options: real sources' settings (splits, columns, root ...); see ``options.SourceOptions``.
     """
-    for name, value in (("classes", classes), ("per_class", per_class)):
+    for name, value in (("classes", classes), ("per_class", per_class), ("train_size", train_size)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if seed < 0:
@@ -101,18 +103,28 @@ def load(
         from vitrun.data import sources
 
         if options is not None and options.stream:
-            if per_class is not None:
-                raise SourceError("per_class", f"{source}: per_class draws images by label, which a stream cannot; drop per_class or stream")
+            for name, value, how in (("per_class", per_class, "by label"), ("train_size", train_size, "from the whole split")):
+                if value is not None:
+                    raise SourceError(name, f"{source}: {name} draws images {how}, which a stream cannot; drop {name} or stream")
             return sources.open_stream(source, options, classes, cache_dir)
-        return _restrict(sources.open_dataset(source, options or SourceOptions(), cache_dir), seed, classes, per_class)
+        return _random_train(_restrict(sources.open_dataset(source, options or SourceOptions(), cache_dir), seed, classes, per_class), seed, train_size)
     if source not in SOURCES:
         raise SourceError("data", _unknown_source(source))
     if not isinstance(image_size, int) or image_size < 4:
         raise ValueError(f"image_size must be an integer >= 4, got {image_size!r}")
     if source == "digits":
         train, test = digits.load_split(image_size)
-        return _restrict(Dataset("digits", train, test), seed, classes, per_class)
-    return _load_generated(source, image_size, seed, classes, per_class, cache_dir)
+        return _random_train(_restrict(Dataset("digits", train, test), seed, classes, per_class), seed, train_size)
+    return _random_train(_load_generated(source, image_size, seed, classes, per_class, cache_dir), seed, train_size)
+
+
+def _random_train(ds: Dataset, seed: int, train_size: int | None) -> Dataset:
+    """``train_size`` random train images (``sampling.random_subset``), or ``ds`` as it is."""
+    if train_size is None:
+        return ds
+    if train_size > len(ds.train.labels):
+        raise ValueError(f"{ds.name} has {len(ds.train.labels)} train images, asked for train_size {train_size}")
+    return Dataset(ds.name, ds.train.subset(random_subset(len(ds.train.labels), train_size, seed)), ds.test, ds.validation)
 
 
 def _class_major(images: np.ndarray, names: tuple[str, ...]) -> ImageSet:

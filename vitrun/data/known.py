@@ -5,8 +5,8 @@ classes). Torch-free, no network.
 Sizes are the training split each hub copy or torchvision class serves (the split vitrun trains
 on); sources: the dataset pages on the Hugging Face hub and the original papers
 (ImageNet: Russakovsky et al. 2015; CIFAR: Krizhevsky 2009; Pets: Parkhi et al. 2012, trainval;
-Flowers: Nilsback & Zisserman 2008, train). ImageNet-21k (fall 2011): 14,197,122 images of
-which the hub copy holds out 472,840 (`../shared/PAPER.md`), ≈13.7M to train on.
+Flowers: Nilsback & Zisserman 2008, train; DTD and SVHN as noted beside them).
+ImageNet-21k (fall 2011): 14,197,122 images of which the hub copy holds out 472,840 (`../shared/PAPER.md`), ≈13.7M to train on.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ _C10 = Known("CIFAR-10", 10, 50_000, 5_000)
 _C100 = Known("CIFAR-100", 100, 50_000, 500)
 _PETS = Known("Pets", 37, 3_680, 93)
 _FLOWERS = Known("Flowers", 102, 1_020, 10)  # the train split: 10 images of every species
+_DTD = Known("DTD", 47, 1_880, 40)  # Cimpoi et al. 2014, partition 1's train split
+_SVHN = Known("SVHN", 10, 73_257)  # Netzer et al. 2011, train (the extra split aside)
 
 # `data` values (KIND:TARGET, config and options aside) -> what they hold.
 KNOWN: dict[str, Known] = {
@@ -40,6 +42,8 @@ KNOWN: dict[str, Known] = {
     "torchvision:CIFAR100": _C100,
     "torchvision:OxfordIIITPet": _PETS,
     "torchvision:Flowers102": _FLOWERS,
+    "torchvision:DTD": _DTD,
+    "torchvision:SVHN": _SVHN,
 }
 
 # Embedded sets: classes, training images (generators: their defaults; see vitrun/data).

@@ -1,4 +1,4 @@
-"""Seeded index sampling over a label vector: class-balanced subsets, k-shot sets, hold-outs.
+"""Seeded index sampling: class-balanced subsets, k-shot sets, hold-outs, plain random subsets.
 
 Pure functions of (labels, size, seed): no global RNG state is read or changed. Each
 function salts the seed with its own tag, so ``balanced_subset(y, n, s)`` and
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 # Salts that separate the random streams of the functions below (arbitrary constants).
-_BALANCED, _KSHOT, _HOLDOUT = 0xBA1A, 0x5407, 0x401D
+_BALANCED, _KSHOT, _HOLDOUT, _RANDOM, _RANDOM_DEV = 0xBA1A, 0x5407, 0x401D, 0x7A5D, 0xDE75
 
 
 def _as_labels(labels) -> np.ndarray:
@@ -107,3 +107,25 @@ def holdout_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[tor
     ranks = _class_ranks(y, rng)
     is_dev = ranks < dev_per_class[inverse]
     return _indices(np.flatnonzero(~is_dev)), _indices(np.flatnonzero(is_dev))
+
+
+def random_subset(count: int, size: int, seed: int) -> torch.Tensor:
+    """Indices (int64 (size,), ascending) of a plain random subset of ``count`` images.
+
+    Not class-balanced: VTAB-1k's 1,000 training images are the first 1,000 of a shuffled split,
+    whatever their classes. A prefix of one seeded permutation, so nested: for one seed the
+    subset of size n lies inside the subset of size m > n.
+    """
+    if not 0 <= size <= count:
+        raise ValueError(f"subset size {size} is outside [0, {count}] (the number of images)")
+    order = np.random.default_rng([seed, _RANDOM]).permutation(count)
+    return _indices(order[:size])
+
+
+def random_split(count: int, dev: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train_idx, dev_idx), int64 ascending, disjoint, covering ``range(count)``: ``dev`` images
+    drawn at random, not stratified (VTAB-1k's 200 validation images of its 1,000)."""
+    if not 0 < dev < count:
+        raise ValueError(f"dev size {dev} must be at least 1 and leave training images (of {count})")
+    order = np.random.default_rng([seed, _RANDOM_DEV]).permutation(count)
+    return _indices(order[dev:]), _indices(order[:dev])

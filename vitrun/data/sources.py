@@ -149,7 +149,8 @@ def open_dataset(text: str, options: SourceOptions = SourceOptions(), cache_dir:
         from vitrun.data import tv
 
         train = tv.image_set(tv.open_split(source.target, options, "train", cache_dir), source.target)
-        test = tv.image_set(tv.open_split(source.target, options, "test", cache_dir), source.target)
+        test_split = tv.open_split(source.target, options, "test", cache_dir)
+        test = tv.image_set(test_split, source.target) if test_split is not None else None
         validation = None
     elif source.kind in sharded.SHARD_KINDS:
         files = sharded.local_files(source.kind, source.target)

@@ -4,7 +4,9 @@ Options: ``root`` (default ``<cache>/torchvision``), ``download`` (default false
 needs a network, so it is asked for explicitly), ``train_split`` / ``test_split`` for the
 classes that take ``split=`` (defaults: "train" / "test", "trainval" / "test" for
 OxfordIIITPet, as the paper's 3,680-image Pets training set). Classes that take
-``train=True/False`` (CIFAR, MNIST) need no split names.
+``train=True/False`` (CIFAR, MNIST) need no split names. Classes with no split at all
+(Caltech101, SUN397, EuroSAT: VTAB-1k tasks) are one training split, and a test share is
+carved from it (``test_fraction`` / ``eval_size``) as for hub sets without a test split.
 
 Labels come from the attribute the class keeps them in (``targets``, ``labels`` or
 ``_labels``), so subsets never decode an image. A class without one is refused.
@@ -46,7 +48,8 @@ def default_root(cache_dir: str | Path | None) -> Path:
 
 
 def open_split(name: str, options: SourceOptions, split: str, cache_dir=None, download: bool | None = None):
-    """The torchvision dataset object of one split ("train" or "test"); no transform."""
+    """The torchvision dataset object of one split ("train" or "test"); no transform. None for
+    "test" of a class without splits (the whole set is "train")."""
     cls = dataset_class(name)
     params = inspect.signature(cls).parameters
     root = Path(options.root).expanduser() if options.root else default_root(cache_dir)
@@ -58,8 +61,10 @@ def open_split(name: str, options: SourceOptions, split: str, cache_dir=None, do
     elif "split" in params:
         default = TRAIN_SPLIT.get(name, "train") if split == "train" else "test"
         kwargs["split"] = (options.train_split if split == "train" else options.test_split) or default
-    else:
-        raise SourceError("data", f"torchvision:{name}: has no train/test split argument; use folder: or hf: for it")
+    elif options.train_split or options.test_split:
+        raise SourceError("train_split" if options.train_split else "test_split", f"torchvision:{name} has no splits to choose from; remove the split option (its test share is carved from the whole set: test_fraction / eval_size)")
+    elif split == "test":
+        return None  # no split of its own: the caller carves one from the training split
     if kwargs.get("download"):
         root.mkdir(parents=True, exist_ok=True)
     try:

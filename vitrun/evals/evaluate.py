@@ -55,10 +55,16 @@ class Evaluation:
         }
 
 
+# `vitrun evaluate` scores a model as fine-tuning tests it (plan.FINETUNE_VIEWS: the whole image
+# resized, vit_jax's view), so a fine-tuned stage's accuracy is reproduced; "center" is the view
+# of pre-training tests and few-shot features. Square images (the embedded sets) look the same in both.
+DEFAULT_VIEW = "full"
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, images, image_size: int, placement: Placement, batch_size: int = 256,
-             settings: loader.LoaderSettings | None = None) -> Evaluation:
-    """Score `model` on `images` (an ImageSet or LazyImageSet) at the evaluation view of `image_size`."""
+             settings: loader.LoaderSettings | None = None, view: str = DEFAULT_VIEW) -> Evaluation:
+    """Score `model` on `images` (an ImageSet or LazyImageSet) at `view` ("full" or "center") of `image_size`."""
     classes = tuple(images.classes)
     k = len(classes)
     if model.num_classes != k:
@@ -67,7 +73,7 @@ def evaluate(model: nn.Module, images, image_size: int, placement: Placement, ba
     confusion = torch.zeros(k * k, dtype=torch.int64, device=placement.device)
     top5_hits = torch.zeros((), dtype=torch.int64, device=placement.device)
     settings = settings or loader.LoaderSettings(device=placement.device)
-    for x, y in loader.eval_batches(images, image_size, batch_size, settings):
+    for x, y in loader.eval_batches(images, image_size, batch_size, settings, view=view):
         x, y = x.to(placement.device, non_blocking=True), y.to(placement.device, non_blocking=True)
         with placement.autocast():
             logits = model(x).float()
