@@ -157,3 +157,16 @@ def test_shards_deal_out_stages_whose_parents_are_done(write_recipe):
     trees = [shard(stages, i, 8) for i in range(1, 9)]
     for part, tree in zip(parts, trees):
         assert {s.key for s in tree} <= {s.key for s in part}, "a stage never leaves its tree's shard"
+
+
+def test_a_generator_past_version_1_is_in_the_stage_key(monkeypatch):
+    """Results drawn from older pixels (shapes v1) must re-run, never mix with the new ones;
+    version-1 generators (fractal) leave the keys of existing results as they were."""
+    from vitrun.data import fractal, shapes
+    from vitrun.plan import with_generator_version
+
+    assert fractal.VERSION == 1 and with_generator_version({"data": "fractal"}, "fractal") == {"data": "fractal"}
+    assert with_generator_version({"data": "shapes"}, "shapes") == {"data": "shapes", "data_version": shapes.VERSION}
+    assert with_generator_version({"data": "digits"}, "digits") == {"data": "digits"}  # a real set: no version
+    monkeypatch.setattr(shapes, "VERSION", shapes.VERSION + 1)
+    assert with_generator_version({"data": "shapes"}, "shapes")["data_version"] == shapes.VERSION

@@ -114,6 +114,7 @@ def _variant_stages(recipe: Recipe) -> list[Stage]:
         # changes, not through [transfer] (few-shot stages do not depend on it); `shots` picks
         # which few-shot stages exist, each keeps its own count in [fewshot].
         dataset = {k: v for k, v in transfer.model_dump(mode="json", exclude={"finetune"}).items() if k != "shots"}
+        dataset = with_generator_version(dataset, transfer.data)
         base = {**upstream, "transfer": {**dataset, "name": transfer.label}}
         if recipe.finetune:
             finetune = _without_unused_regularisers(recipe.finetune_for(transfer).model_dump(mode="json"), recipe)
@@ -167,12 +168,24 @@ def finetune_image_size(recipe: Recipe, source: str) -> int:
     return FINETUNE_IMAGE_SIZE // step * step
 
 
+def with_generator_version(section: dict[str, Any], source: str) -> dict[str, Any]:
+    """`section` plus `data_version` when `source` is an embedded generator past its first
+    version: results drawn from older pixels (shapes v1) re-run, never mix with the new ones.
+    Version-1 generators add nothing, so their stages keep their keys."""
+    from vitrun.data import GENERATORS  # deferred: the data package imports torch
+
+    generator = GENERATORS.get(source)
+    if generator is not None and generator.VERSION > 1:
+        return {**section, "data_version": generator.VERSION}
+    return section
+
+
 def pretrain_config(recipe: Recipe) -> dict[str, Any]:
     """The `[pretrain]` keys a pre-training depends on, so equal work gets one key:
     masked-patch options only for that objective (older recipes keep their keys), and for
     "scratch" nothing but the resolution (no data, no steps: one initialisation per model).
     """
-    section = _without_unused_regularisers(recipe.pretrain.model_dump(mode="json"), recipe)
+    section = with_generator_version(_without_unused_regularisers(recipe.pretrain.model_dump(mode="json"), recipe), recipe.pretrain.data)
     if section["objective"] == "scratch":
         return {"objective": "scratch", "image_size": section["image_size"], "steps": 0}
     if section["objective"] != "masked-patch":

@@ -343,8 +343,10 @@ def _dev_split(transfer: dict[str, Any], train):
 
 
 def pretrain_section(stage: Stage) -> PretrainConfig:
-    """The stage config's [pretrain] as the frozen, typed section (defaults filled in)."""
-    return PretrainConfig.model_validate(stage.config["pretrain"], strict=False)
+    """The stage config's [pretrain] as the frozen, typed section (defaults filled in); the
+    generator version the plan keys by (`plan.with_generator_version`) is no recipe key."""
+    section = {k: v for k, v in stage.config["pretrain"].items() if k != "data_version"}
+    return PretrainConfig.model_validate(section, strict=False)
 
 
 def finetune_section(stage: Stage) -> FinetuneConfig:
