@@ -127,13 +127,19 @@ def test_shards_share_one_results_directory(write_recipe, tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path):
-    """The README's first command: the built-in quickstart, a 3 × 3 table of accuracies."""
+    """The README's first command: the built-in quickstart, a 3 × 3 table of accuracies, and
+    every number in it means something: each model family, at each pre-training size, is
+    above chance (10 classes: 10%) on each transfer set, by fine-tuning and by 5-shot."""
     results = tmp_path / "results"
     assert _invoke("recipe", "quickstart.toml", "--results", str(results)).exit_code == 0
     (doc,) = json.loads(_invoke("report", "--results", str(results), "--format", "json").output)
     first = doc["tables"][0]
     assert len(first["index"]) == 3 and len(first["columns"]) == 3
-    assert all(0 <= v <= 100 for row in first["data"] for v in row)
+    records = [json.loads(p.read_text()) for p in (results / "quickstart").glob("*/stage.json")]
+    transfers = [r for r in records if r["kind"] in ("finetune", "fewshot")]
+    assert len(transfers) == 36
+    low = sorted((r["metrics"]["accuracy"], r["kind"], r["config"]["model"]["name"], r["config"]["transfer"]["data"]) for r in transfers)[:3]
+    assert low[0][0] >= 0.12, f"near chance (10%; 12% is 2 standard errors above it on 1,000 test images): {low}"
 
 
 def test_errors_quote_toml_tables_verbatim(write_recipe):

@@ -74,7 +74,8 @@ def main():
 @click.option("--nproc-per-node", "nproc", type=click.IntRange(1, 1024), help="Train data-parallel on N processes on this machine (one per GPU; gloo on CPU): re-runs this command under torchrun. Several nodes: start `torchrun … -m vitrun recipe` yourself (README).")
 @click.option("--smoke", is_flag=True, help="Check the recipe end to end in minutes: every dataset replaced by embedded fractals with as many classes (at most 10), tiny images, 3 steps per stage, models shrunk within their family; results under <name>-smoke.")
 @click.option("--gpu", type=click.Choice(["h100", "a100", "v100"]), default="a100", show_default=True, help="With --dry-run: also estimate each stage's time on this GPU (peak bf16 FLOP/s × 40% utilisation).")
-def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu):
+@click.option("--jobs", type=click.IntRange(1, 64), help="Run N stage runners side by side on this CPU, each with cores/N threads, sharing the plan through stage locks (default: [run] jobs, else 1). Small models train faster this way than with every thread on one stage; the extra runners' output goes to a log named only if one fails.")
+def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu, jobs):
     """Run RECIPE (a path, or a built-in name such as `quickstart`) and print its report.
 
     The recipe's [sweep] expands into stages (pre-train → fine-tune / few-shot). Finished
@@ -94,7 +95,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
     try:
         members = suite.members(recipe)
         if members is None:
-            complete = _run_recipe(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu)
+            complete = _run_recipe(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu, jobs)
         else:
             suite.validate(members, overrides, smoke=smoke, offline=dry_run)
             complete = True
@@ -103,14 +104,14 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
             for i, path in enumerate(members, 1):
                 if distributed.env_rank() == 0:  # under torchrun only rank 0 prints
                     _console().rule(f"{recipe}: {path.stem} ({i}/{len(members)})")
-                complete = _run_recipe(str(path), results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu) and complete
+                complete = _run_recipe(str(path), results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu, jobs) and complete
     except RecipeError as err:
         _fail(str(err))
     if not complete:
         sys.exit(EXIT_FAILED)
 
 
-def _run_recipe(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu) -> bool:
+def _run_recipe(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu, jobs=None) -> bool:
     """Plan (and unless dry_run, run and report) one recipe; False when a stage failed."""
     from vitrun import plan as planning
     from vitrun.engine import distributed
@@ -147,8 +148,12 @@ def _run_recipe(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast
     if not stages:
         console.print("Nothing to run (no stages in this shard or plan); nothing written")
         return True
+    helpers = _start_runners(loaded, recipe, results, overrides, shard, cache_dir, fail_fast, smoke, jobs, console)
     try:
-        summary = run_plan(loaded, stages, store, console, cache_dir, fail_fast)
+        try:
+            summary = run_plan(loaded, stages, store, console, cache_dir, fail_fast)
+        finally:  # the extra runners end with this one: waited for, or stopped when it stops
+            _end_runners(helpers, stopping=sys.exc_info()[0] is not None, console=console)
     except ResultsUnwritable as err:
         _fail(str(err), EXIT_FAILED)
     except CannotStart as err:  # the recipe asks for what this machine lacks: usage, exit 2
@@ -167,6 +172,46 @@ def _run_recipe(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast
         _print_report(store, [loaded.name], "table", None, console, allow_missing=True, run=loaded.run_label)
     print_summary(summary, console)
     return summary.complete
+
+
+def _start_runners(loaded, recipe, results, overrides, shard, cache_dir, fail_fast, smoke, jobs, console) -> list:
+    """With `--jobs N` / `[run] jobs` > 1 on a CPU: N - 1 more runners of this recipe, and this
+    process's own threads cut to its share (vitrun/jobs.py)."""
+    from vitrun import jobs as runners
+    from vitrun.engine import distributed
+
+    run = loaded.variants[0].run
+    count = jobs or run.jobs or 1
+    if count < 2 or runners.is_child() or distributed.launched():
+        return []
+    if run.device.startswith("cuda") or (run.device == "auto" and _has_cuda()):
+        console.print("[yellow]note:[/yellow] jobs > 1 shares a CPU; on GPUs run one `--shard I/N` per device: running one runner", soft_wrap=True)
+        return []
+    import torch
+
+    threads = run.threads or runners.threads_per_job(count)
+    torch.set_num_threads(threads)
+    argv = ["recipe", recipe, "--results", str(results)]
+    for override in overrides:
+        argv += ["--set", override]
+    if shard:
+        argv += ["--shard", f"{shard[0]}/{shard[1]}"]
+    if cache_dir:
+        argv += ["--cache", str(cache_dir)]
+    argv += ["--fail-fast"] * bool(fail_fast) + ["--smoke"] * bool(smoke)
+    console.print(f"{count} runners side by side, {threads} thread{'s' * (threads > 1)} each (jobs = {count})", soft_wrap=True)
+    return runners.start(argv, count, threads)
+
+
+def _end_runners(helpers, stopping: bool, console) -> None:
+    from rich.markup import escape
+
+    from vitrun import jobs as runners
+
+    if stopping:
+        runners.stop(helpers)
+    for line in runners.finish(helpers):
+        console.print(f"[yellow]note:[/yellow] {escape(line)}", soft_wrap=True)
 
 
 @main.command("report")

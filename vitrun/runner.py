@@ -204,6 +204,14 @@ def _decide(stage: Stage, sd: StageDir, store: Store, experiment: str, held: con
     runner holds its lock and we have not waited for it yet, ("finished",), or ("run", status)
     with the lock now held in `held`."""
     blocker = next((key for key in stage.parents if store.stage(experiment, key).status() != "done"), None)
+    if blocker and store.stage(experiment, blocker).running_elsewhere():
+        # Another runner (--jobs, --shard, a second terminal) is training the parent: come back
+        # at the end, and then wait for it rather than skip the stage.
+        if not wait:
+            return ("later",)
+        with store.stage(experiment, blocker).lock(on_wait=lambda who: console.print(f"[dim]waiting for {blocker}, running in {who}[/dim]", soft_wrap=True)):
+            pass
+        blocker = next((key for key in stage.parents if store.stage(experiment, key).status() != "done"), None)
     if blocker:
         return ("blocked", blocker, store.stage(experiment, blocker).status())
     try:

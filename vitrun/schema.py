@@ -390,6 +390,7 @@ class RunConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
     threads: Optional[Annotated[int, Field(gt=0, le=4096)]] = None
+    jobs: Optional[Annotated[int, Field(ge=1, le=64)]] = Field(None, description="stage runners side by side on this CPU (each with cores/jobs threads), sharing the plan through stage locks; small models train faster this way than with every thread on one stage; --jobs overrides; CPU only")
     checkpoint_seconds: PositiveFloat = 60.0
     log_every: PositiveSteps = 10
     # Data parallelism and checkpoints at scale (engine/distributed.py, engine/loop.py):

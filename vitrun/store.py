@@ -215,6 +215,11 @@ class StageDir:
         """Remove temp files of dead writers (a killed run's half-written checkpoint)."""
         return remove_orphaned_temps(self.path)
 
+    def running_elsewhere(self) -> bool:
+        """A live process holds this stage's lock now (another runner is training it)."""
+        path = self.path / LOCK_FILE
+        return lock.is_held(path) and not lock.is_stale(path)
+
     @contextlib.contextmanager
     def lock(self, on_wait: Callable[[str], None] | None = None, wait: bool = True) -> Iterator[None]:
         """Hold this stage's lock; another runner on the same stage waits (told who holds it),
