@@ -12,8 +12,9 @@ from vitrun.recipe import RecipeError, load
 
 # TINY with a learning-rate grid and save_weights: dev trials, final runs, few-shot, both families.
 GRID = TINY.replace("[finetune]", "[finetune]\nlr = [0.01, 0.03]\nsave_weights = true").replace("lr = 0.01\n", "", 1)
-# Every stage key of GRID as computed on main before these options existed (36 stages).
-GRID_KEYS_ON_MAIN = "fab73e4a3d5750ea"
+# Every stage key of GRID as computed on main before these options existed (36 stages), then
+# moved on purpose once: shapes version 2 put `data_version` in its stages' keys ("fab73e4a3d5750ea" before).
+GRID_KEYS_ON_MAIN = "fc55a36ec5455f31"
 
 
 def _stages(write_recipe, text=GRID, overrides=()):
