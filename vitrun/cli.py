@@ -148,7 +148,7 @@ def _run_recipe(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast
     if not stages:
         console.print("Nothing to run (no stages in this shard or plan); nothing written")
         return True
-    helpers = _start_runners(loaded, recipe, results, overrides, shard, cache_dir, fail_fast, smoke, jobs, console)
+    helpers = _start_runners(loaded, recipe, results, overrides, shard, cache_dir, fail_fast, smoke, jobs, console, stages, store)
     try:
         try:
             summary = run_plan(loaded, stages, store, console, cache_dir, fail_fast)
@@ -174,14 +174,17 @@ def _run_recipe(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast
     return summary.complete
 
 
-def _start_runners(loaded, recipe, results, overrides, shard, cache_dir, fail_fast, smoke, jobs, console) -> list:
-    """With `--jobs N` / `[run] jobs` > 1 on a CPU: N - 1 more runners of this recipe, and this
-    process's own threads cut to its share (vitrun/jobs.py)."""
+def _start_runners(loaded, recipe, results, overrides, shard, cache_dir, fail_fast, smoke, jobs, console, stages, store) -> list:
+    """With `--jobs N` / `[run] jobs` > 1 on a CPU: N - 1 more runners of this recipe (no more
+    than there are stages left to run), and this process's own threads cut to its share
+    (vitrun/jobs.py)."""
     from vitrun import jobs as runners
     from vitrun.engine import distributed
+    from vitrun.store import FINISHED
 
     run = loaded.variants[0].run
-    count = jobs or run.jobs or 1
+    left = sum(store.stage(loaded.name, stage.key).status() not in FINISHED for stage in stages)
+    count = min(jobs or run.jobs or 1, left)
     if count < 2 or runners.is_child() or distributed.launched():
         return []
     if run.device.startswith("cuda") or (run.device == "auto" and _has_cuda()):
