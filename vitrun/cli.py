@@ -86,7 +86,7 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
     RECIPE may also be a folder (a path, or a built-in one: `mini`, `paper`): every recipe in
     it runs, in name order, each as its own experiment with its own report; all are validated
     before the first starts, and the options apply to each. The CPU miniatures of the paper:
-      vitrun recipe mini              (≈ 30 minutes on 2 cores; ≤ 60 with a 2× margin)
+      vitrun recipe mini              (51 minutes on an idle 2-core CPU, measured)
       vitrun recipe mini --dry-run    (every plan and its estimate)
     """
     from vitrun import suite
