@@ -187,7 +187,7 @@ def _start_runners(loaded, recipe, results, overrides, shard, cache_dir, fail_fa
     count = min(jobs or run.jobs or 1, left)
     if count < 2 or runners.is_child() or distributed.launched():
         return []
-    if run.device.startswith("cuda") or (run.device == "auto" and _has_cuda()):
+    if distributed.device_type(run.device) == "cuda":
         console.print("[yellow]note:[/yellow] jobs > 1 shares a CPU; on GPUs run one `--shard I/N` per device: running one runner", soft_wrap=True)
         return []
     import torch
