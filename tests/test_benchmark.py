@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -42,14 +44,33 @@ def test_matmul_peak_counts_two_flops_per_multiply_add(monkeypatch):
     assert matmul_peak(place("cpu", "fp32"), size=100) == pytest.approx(2 * 100**3 / 0.25)  # the best repeat
 
 
-def test_bench_train_cli():
+def test_matmul_peak_on_a_cpu_grows_the_product_until_one_takes_50_ms(monkeypatch):
+    import vitrun.benchmark as benchmark
+
+    # bf16 on a CPU without bf16 units is ~100x slower than fp32: a 2048 product would take minutes
+    monkeypatch.setattr(benchmark, "_mm_seconds", lambda size, device, dtype: 0.01 if size < 1024 else 0.2)
+    monkeypatch.setattr(benchmark, "_alternate", lambda steps, repeats, warmup, device: {"mm": [1.0]})
+    assert matmul_peak(place("cpu", "fp32")) == 2 * 1024**3
+    monkeypatch.setattr(benchmark, "_mm_seconds", lambda size, device, dtype: 0.01)
+    assert matmul_peak(place("cpu", "fp32")) == 2 * 2048**3  # no larger than 2048
+
+
+def test_bench_train_cli(tmp_path):
     pytest.importorskip("timm")
+    out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", "train", "--model", "ViT-Mu/4", "--image-size", "32", "--batch-size", "2", "--repeats", "1",
-                                       "--precision", "fp32", "--compile", "--compare", "timm", "--option", "classifier=gap"], terminal_width=200)
+                                       "--precision", "fp32", "--compile", "--compare", "timm", "--option", "classifier=gap", "--json", str(out)], terminal_width=200)
     assert result.exit_code == 0, result.output
-    for column in ("img/s", "ms/step", "TFLOP/s", "of peak", "vs timm", "matmul peak", "--compile ignored"):
+    for column in ("img/s", "ms/step", "TFLOP/s", "of peak", "vs timm", "first step", "matmul peak", "--compile ignored"):
         assert column in result.output
     assert "timm" in result.output.split("vs timm")[1]  # a timm row under the header
+    record = json.loads(out.read_text())
+    assert (record["model"], record["image_size"], record["batch_size"], record["precision"], record["compile"]) == ("ViT-Mu/4", 32, 2, "fp32", False)
+    assert record["cpu"]["capability"] and record["versions"]["torch"] and record["matmul_peak_tflops"] > 0
+    ours, timm = record["rows"]
+    assert (ours["model"], timm["model"]) == ("vitrun", "timm") and timm["vs_timm"] == pytest.approx(1.0)
+    assert all(row["first_step_s"] > 0 and row["ms_per_step"] > 0 for row in record["rows"])
+    assert ours["vs_timm"] == pytest.approx(timm["ms_per_step"] / ours["ms_per_step"])
     bad = CliRunner().invoke(main, ["bench", "train", "--model", "ViT-Mu/4", "--device", "cuda:7" if not _has_cuda() else "nope"])
     assert bad.exit_code == 2 and "error:" in bad.output
 

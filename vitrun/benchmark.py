@@ -167,6 +167,7 @@ class TrainTiming:
     seconds: float  # median seconds per step (forward, backward, AdamW update)
     flops_per_image: int  # counted forward FLOPs of one image
     peak_flops: float  # measured matmul FLOP/s of the device, same run
+    first_step_seconds: float = float("nan")  # the very first step: compilation, allocator and kernel warm-up included
 
     @property
     def images_per_s(self) -> float:
@@ -198,7 +199,9 @@ def bench_train(
     Both models see the same batch; each is updated by AdamW as its own trainer builds it
     (`_optimizer`: fused kernels for vitrun, timm's `create_optimizer_v2` for timm); with `placement.compile` both are
     compiled (GPU only: `place` leaves it off on a CPU). The FLOPs are our model's, counted
-    once; the twin has the same architecture, so the same count applies to it.
+    once; the twin has the same architecture, so the same count applies to it. Each model's
+    first step is timed on its own (`first_step_seconds`: with --compile, the compilation):
+    first step to steady state is that minus the median.
     """
     from vitrun.models import forward_flops
 
@@ -208,28 +211,87 @@ def bench_train(
     for who, model in contenders.items():
         model = model.to(placement.device)
         steps[who] = _train_step(torch.compile(model) if placement.compile else model, x, y, placement)
+    first = {who: _alternate({who: step}, 1, 0, placement.device)[who][0] for who, step in steps.items()}
     # The peak is measured before and after the steps and the better kept: one reading on a
     # machine where anything else runs can come out below what the model itself reaches.
     peak = matmul_peak(placement)
-    seconds = _alternate(steps, repeats, warmup, placement.device)
+    seconds = _alternate(steps, repeats, max(0, warmup - 1), placement.device)
     peak = max(peak, matmul_peak(placement))
-    return [TrainTiming(who, batch_size, statistics.median(s), flops, peak) for who, s in seconds.items()], peak
+    return [TrainTiming(who, batch_size, statistics.median(s), flops, peak, first[who]) for who, s in seconds.items()], peak
+
+
+def train_record(name: str, image_size: int, batch_size: int, placement: Placement, timings: list[TrainTiming], peak: float) -> dict:
+    """`bench train --json`: the run as one JSON object, with what the numbers depend on
+    (device, precision, compile, torch/timm versions, the CPU's vector unit), for BENCHMARKS.md."""
+    import importlib.metadata
+    import platform
+    from datetime import datetime, timezone
+
+    from vitrun import __version__
+
+    def version(package: str) -> str | None:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    theirs = next((t for t in timings if t.model == "timm"), None)
+    return {
+        "model": name,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "device": placement.describe(),
+        "precision": "bf16" if placement.dtype else "fp32",
+        "compile": placement.compile,
+        "matmul_peak_tflops": peak / 1e12,
+        "cpu": {"processor": platform.processor() or platform.machine(), "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()},
+        "versions": {"vitrun": __version__, "torch": torch.__version__, "timm": version("timm"), "python": platform.python_version()},
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "rows": [
+            {
+                "model": t.model,
+                "images_per_s": t.images_per_s,
+                "ms_per_step": 1000 * t.seconds,
+                "first_step_s": t.first_step_seconds,
+                "tflops": t.tflops,
+                "utilisation": t.utilisation,
+                "vs_timm": None if theirs is None else theirs.seconds / t.seconds,
+            }
+            for t in timings
+        ],
+    }
 
 
 def matmul_peak(placement: Placement, size: int | None = None, repeats: int = 5) -> float:
     """FLOP/s of a square `torch.mm` in the placement's precision (bf16 or fp32), best of `repeats`.
 
-    size: 8192 on a GPU (saturates an H100-class device), 2048 on a CPU (a few hundred ms on
-    two cores, large enough for the BLAS to reach its steady rate). The best, not the median,
-    because a peak is what the device can do when nothing else is running.
+    size: 8192 on a GPU (saturates an H100-class device); on a CPU the smallest of 256, 512, …,
+    2048 whose product takes 50 ms (fp32 reaches 2048 on two AVX2 cores, large enough for the
+    BLAS to reach its steady rate; bf16 on a CPU without bf16 units runs ~100x slower and stops
+    at 256 instead of spending minutes on one product). The best, not the median, because a
+    peak is what the device can do when nothing else is running.
     """
     device = placement.device
-    size = size or (8192 if device.type == "cuda" else 2048)
     dtype = placement.dtype or torch.float32
+    if size is None and device.type == "cuda":
+        size = 8192
+    if size is None:
+        size = 256
+        while size < 2048 and _mm_seconds(size, device, dtype) < 0.05:
+            size *= 2
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     seconds = _alternate({"mm": lambda: torch.mm(a, b)}, repeats, 1, device)["mm"]
     return 2 * size**3 / min(seconds)
+
+
+def _mm_seconds(size: int, device: torch.device, dtype: torch.dtype) -> float:
+    """Seconds of one square product of `size` (after one untimed)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    torch.mm(a, a)
+    start = time.perf_counter()
+    torch.mm(a, a)
+    return time.perf_counter() - start
 
 
 # -- Figure 12: inference across input sizes ------------------------------------------------------

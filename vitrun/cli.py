@@ -455,16 +455,19 @@ def bench_model_cmd(name, image_size, batch_size, repeats, device, precision, op
 @click.option("--compare", type=click.Choice(["timm", "none"]), default="timm", show_default=True, help="Also time timm's same architecture (same weights), in turns with ours.")
 @click.option("--repeats", default=5, show_default=True, type=click.IntRange(1), help="Timed steps per model (after 2 warm-up steps); the median counts.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A model option as in a recipe's [model], e.g. --option classifier=gap. Repeatable.")
-def bench_train_cmd(name, batch_size, image_size, precision, compile_, device, compare, repeats, options):
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the numbers, the device and the versions to this JSON file.")
+def bench_train_cmd(name, batch_size, image_size, precision, compile_, device, compare, repeats, options, json_path):
     """Training-step speed of a model against the hardware and against timm.
 
     Images/s, achieved TFLOP/s (counted forward FLOPs × 3 for forward + backward), the share
     of the matrix-multiply peak measured on the same device in this run, and our speed over
     timm's (same weights, vitrun.interop.to_timm), median of steps timed in turns. A step
     is forward, backward and the AdamW update as each trainer builds it: vitrun's fused
-    kernels, timm's create_optimizer_v2. `bench model` also times inference.
+    kernels, timm's create_optimizer_v2. "first step" is each model's first step on its own
+    (with --compile, the compilation): the wait before the steady rate. `bench model` also
+    times inference.
     """
-    from vitrun.benchmark import bench_train
+    from vitrun.benchmark import bench_train, train_record
     from vitrun.engine.device import FLAG_SETTING, place
     from vitrun.models import spec
 
@@ -478,20 +481,33 @@ def bench_train_cmd(name, batch_size, image_size, precision, compile_, device, c
     from rich.table import Table
 
     table = Table(title=f"{name} training step at {image_size} px, batch {batch_size}, {placement.describe()}", title_justify="left", header_style="bold")
-    for column in ("model", "img/s", "ms/step", "TFLOP/s", "of peak", "vs timm"):
+    for column in ("model", "img/s", "ms/step", "TFLOP/s", "of peak", "vs timm", "first step"):
         table.add_column(column, justify="left" if column == "model" else "right")
     theirs = next((t for t in timings if t.model == "timm"), None)
     for t in timings:
         ratio = "–" if theirs is None else f"{theirs.seconds / t.seconds:.2f}x"
-        table.add_row(t.model, f"{t.images_per_s:,.1f}", f"{1000 * t.seconds:,.1f}", f"{t.tflops:.3g}", f"{100 * t.utilisation:.1f}%", ratio)
+        table.add_row(t.model, f"{t.images_per_s:,.1f}", f"{1000 * t.seconds:,.1f}", f"{t.tflops:.3g}", f"{100 * t.utilisation:.1f}%", ratio, f"{t.first_step_seconds:.2f} s")
     notes = [f"matmul peak {peak / 1e12:.3g} TFLOP/s ({'bf16' if placement.dtype else 'fp32'} torch.mm, this device, this run)"]
     if compile_ and not placement.compile:
         notes.append("--compile ignored: torch.compile is used on a GPU only")
+    if placement.dtype and placement.device.type == "cpu":  # most CPUs have no bf16 matrix units
+        from vitrun.benchmark import matmul_peak
+
+        share = peak / matmul_peak(place(device, "fp32", setting=FLAG_SETTING))
+        if share < 1:
+            notes.append(f"bf16 matmuls run at {100 * share:.3g}% of fp32's on this CPU: train in fp32 here")
     if compare == "timm" and theirs is None:
         notes.append("timm is not installed: pip install timm for the comparison")
     table.caption = "; ".join(notes)
     table.caption_justify = "left"
     _console().print(table)
+    if json_path:
+        import json
+
+        from vitrun.durable import write_atomic
+
+        record = train_record(name, image_size, batch_size, placement, timings, peak)
+        write_atomic(Path(json_path), (json.dumps(record, indent=2) + "\n").encode())
 
 
 @main.command("doctor")
