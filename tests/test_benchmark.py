@@ -40,8 +40,8 @@ def test_train_timing_arithmetic():
 def test_matmul_peak_counts_two_flops_per_multiply_add(monkeypatch):
     import vitrun.benchmark as benchmark
 
-    monkeypatch.setattr(benchmark, "_alternate", lambda steps, repeats, warmup, device: {"mm": [0.5, 0.25, 1.0]})
-    assert matmul_peak(place("cpu", "fp32"), size=100) == pytest.approx(2 * 100**3 / 0.25)  # the best repeat
+    monkeypatch.setattr(benchmark, "_alternate", lambda steps, repeats, warmup, device: {"mm": [0.5, 0.25, 1.0], "linear": [0.3, 0.4]})
+    assert matmul_peak(place("cpu", "fp32"), size=100) == pytest.approx(2 * 100**3 / 0.25)  # the best repeat of either product
 
 
 def test_matmul_peak_on_a_cpu_grows_the_product_until_one_takes_50_ms(monkeypatch):
@@ -49,7 +49,7 @@ def test_matmul_peak_on_a_cpu_grows_the_product_until_one_takes_50_ms(monkeypatc
 
     # bf16 on a CPU without bf16 units is ~100x slower than fp32: a 2048 product would take minutes
     monkeypatch.setattr(benchmark, "_mm_seconds", lambda size, device, dtype: 0.01 if size < 1024 else 0.2)
-    monkeypatch.setattr(benchmark, "_alternate", lambda steps, repeats, warmup, device: {"mm": [1.0]})
+    monkeypatch.setattr(benchmark, "_alternate", lambda steps, repeats, warmup, device: {"mm": [1.0], "linear": [1.0]})
     assert matmul_peak(place("cpu", "fp32")) == 2 * 1024**3
     monkeypatch.setattr(benchmark, "_mm_seconds", lambda size, device, dtype: 0.01)
     assert matmul_peak(place("cpu", "fp32")) == 2 * 2048**3  # no larger than 2048

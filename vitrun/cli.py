@@ -487,7 +487,7 @@ def bench_train_cmd(name, batch_size, image_size, precision, compile_, device, c
     for t in timings:
         ratio = "–" if theirs is None else f"{theirs.seconds / t.seconds:.2f}x"
         table.add_row(t.model, f"{t.images_per_s:,.1f}", f"{1000 * t.seconds:,.1f}", f"{t.tflops:.3g}", f"{100 * t.utilisation:.1f}%", ratio, f"{t.first_step_seconds:.2f} s")
-    notes = [f"matmul peak {peak / 1e12:.3g} TFLOP/s ({'bf16' if placement.dtype else 'fp32'} torch.mm, this device, this run)"]
+    notes = [f"matmul peak {peak / 1e12:.3g} TFLOP/s ({'bf16' if placement.dtype else 'fp32'} matrix product, this device, this run)"]
     if compile_ and not placement.compile:
         notes.append("--compile ignored: torch.compile is used on a GPU only")
     if placement.dtype and placement.device.type == "cpu":  # most CPUs have no bf16 matrix units
