@@ -100,6 +100,16 @@ def unwritable_message(err: OSError, root: Path) -> str:
     return f"{path}: cannot write ({err.strerror}): {advice}; finished stages are kept, run the same command again to resume"
 
 
+def _placement(run, world):
+    """Where and how this process trains, or CannotStart (usage: exit 2) naming the setting."""
+    from vitrun.engine.device import DeviceError, place
+
+    try:
+        return place(run.device, run.precision, run.compile, run.threads, index=world.local_rank if world.distributed else None)
+    except DeviceError as err:
+        raise CannotStart(str(err)) from None
+
+
 def _run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: Console, cache_dir: str | None, fail_fast: bool) -> RunSummary:
     experiment = loaded.name
     swept = loaded.swept_keys()
@@ -127,6 +137,7 @@ def _run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: 
             todo.append(stage)
     if summary.skipped:
         console.print(f"[dim]{len(summary.skipped)} of {len(stages)} stages already done (skipped): results in {store.root / experiment}[/dim]", soft_wrap=True)
+    placement = _placement(run, world) if todo else None  # before anything is written: a bad device writes nothing
     if main:
         store.write_recipe(experiment, _recipe_record(loaded, store.recipe(experiment)))
     if not todo:
@@ -136,13 +147,8 @@ def _run_plan(loaded: LoadedRecipe, stages: list[Stage], store: Store, console: 
 
     hide_shared_warnings(world)
 
-    from vitrun.engine.device import DeviceError, place
     from vitrun.stages import Context
 
-    try:
-        placement = place(run.device, run.precision, run.compile, run.threads, index=world.local_rank if world.distributed else None)
-    except DeviceError as err:
-        raise CannotStart(str(err)) from None
     ranks = f" × {world.size} processes" if world.distributed else ""
     console.print(f"Running {len(todo)} stages on {placement.describe()}{ranks}")
     with RunProgress(console, len(todo)) as progress:

@@ -33,6 +33,7 @@ def test_the_recipe_device_error_is_a_usage_error_naming_the_recipe(tmp_path):
     result = CliRunner().invoke(main, ["recipe", str(recipe), "--results", str(tmp_path / "r"), "--set", "run.device=gpu0"], catch_exceptions=False)
     assert result.exit_code == 2, result.output
     assert f"{recipe}: [run] device 'gpu0' is not a device torch knows" in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.json")), "a run that cannot start writes nothing"
 
 
 def test_ranks_other_than_0_hide_warnings_about_a_whole_source_only():
