@@ -105,7 +105,13 @@ def test_json_is_always_a_list(three):
     assert shots["columns"] == [1, 5]
 
 
-def test_out_files_are_0644_and_end_with_a_newline(three, tmp_path):
+def test_out_files_are_0644_and_end_with_a_newline(three, tmp_path, monkeypatch):
+    from vitrun import figures, report
+
+    # The text files are the point here: no figures (1.3 s a call); tests/test_cli.py and
+    # tests/test_report_paper.py check the figures --out writes.
+    monkeypatch.setattr(figures, "draw_all", lambda frame, folder, paper=False: [])
+    monkeypatch.setattr(report, "save_figure", lambda table, path: None)
     out = tmp_path / "out"
     for fmt in ("markdown", "csv", "table"):
         assert _invoke("report", "--results", three, "--format", fmt, "--out", out, "--experiment", "beta").exit_code == 0
