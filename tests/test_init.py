@@ -37,6 +37,7 @@ draws = 1
 
 [[transfer]]
 data = "digits"
+classes = 4                     # a 240-image test split: where the weights come from is the point
 """
 
 
