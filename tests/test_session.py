@@ -30,4 +30,4 @@ def test_a_test_can_still_choose_its_own_cache(monkeypatch, tmp_path):
 def test_torch_runs_on_the_session_threads():
     import torch
 
-    assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"])
+    assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"]), "a test left torch on other threads: restore them after it"
