@@ -104,7 +104,7 @@ def test_help_imports_neither_torch_nor_pandas():
 
 def test_shards_share_one_results_directory(write_recipe, tmp_path):
     """Two pre-trainings (one per model family) with their transfer stages: one tree per shard."""
-    small = TINY.replace('"pretrain.size" = [16, 32]', '"pretrain.size" = [16]').replace('[[transfer]]\ndata = "digits"\n\n', "")
+    small = TINY.replace('"pretrain.size" = [16, 32]', '"pretrain.size" = [16]').replace('[[transfer]]\ndata = "shapes"\nper_class = 8\n\n', "")
     assert small.count("[[transfer]]") == 1
     path = write_recipe(small)
     results = tmp_path / "shared"
