@@ -55,8 +55,12 @@ def test_matmul_peak_on_a_cpu_grows_the_product_until_one_takes_50_ms(monkeypatc
     assert matmul_peak(place("cpu", "fp32")) == 2 * 2048**3  # no larger than 2048
 
 
-def test_bench_train_cli(tmp_path):
+def test_bench_train_cli(tmp_path, monkeypatch):
     pytest.importorskip("timm")
+    import vitrun.benchmark as benchmark
+
+    measure = benchmark.matmul_peak  # measured for real, on a 256² matrix: 2048² takes 1.4 s a reading here
+    monkeypatch.setattr(benchmark, "matmul_peak", lambda placement, size=None, repeats=5: measure(placement, 256, repeats))
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", "train", "--model", "ViT-Mu/4", "--image-size", "32", "--batch-size", "2", "--repeats", "1",
                                        "--precision", "fp32", "--compile", "--compare", "timm", "--option", "classifier=gap", "--json", str(out)], terminal_width=200)

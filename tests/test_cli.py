@@ -17,20 +17,8 @@ def _invoke(*args):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """One real run of the tiny recipe, shared by the tests that read its results."""
-    folder = tmp_path_factory.mktemp("run")
-    recipe = folder / "tiny.toml"
-    recipe.write_text(TINY)
-    results = folder / "results"
-    result = _invoke("recipe", str(recipe), "--results", str(results))
-    assert result.exit_code == 0, result.output
-    return recipe, results, result.output
-
-
-def test_run_prints_report(finished_run):
-    _, results, output = finished_run
+def test_run_prints_report(tiny_run):
+    _, results, output = tiny_run
     assert "transfer" in output and "ViT-Mu/4" in output and "R14x0.25" in output
     stages = list((results / "tiny").glob("*/stage.json"))
     assert len(stages) == 20
@@ -40,16 +28,16 @@ def test_run_prints_report(finished_run):
     assert record["versions"]["vitrun"] and record["flops"] > 0
 
 
-def test_rerun_skips_everything(finished_run):
-    recipe, results, _ = finished_run
+def test_rerun_skips_everything(tiny_run):
+    recipe, results, _ = tiny_run
     result = _invoke("recipe", str(recipe), "--results", str(results))
     assert result.exit_code == 0
     assert "20 of 20 stages already done" in result.output
     assert "Running" not in result.output
 
 
-def test_report_json_matches_records(finished_run):
-    _, results, _ = finished_run
+def test_report_json_matches_records(tiny_run):
+    _, results, _ = tiny_run
     result = _invoke("report", "--results", str(results), "--format", "json")
     (doc,) = json.loads(result.output)  # always a list, one entry per experiment
     assert doc["experiment"] == "tiny"
@@ -62,22 +50,22 @@ def test_report_json_matches_records(finished_run):
 
 
 @pytest.mark.parametrize("fmt,marker", [("markdown", "|"), ("csv", ","), ("latex", "\\begin{tabular}")])
-def test_report_formats(finished_run, fmt, marker):
-    _, results, _ = finished_run
+def test_report_formats(tiny_run, fmt, marker):
+    _, results, _ = tiny_run
     result = _invoke("report", "--results", str(results), "--format", fmt)
     assert result.exit_code == 0 and marker in result.output
 
 
-def test_report_out_writes_tables_figures_and_curves(finished_run, tmp_path):
-    _, results, _ = finished_run
+def test_report_out_writes_tables_figures_and_curves(tiny_run, tmp_path):
+    _, results, _ = tiny_run
     result = _invoke("report", "--results", str(results), "--format", "csv", "--out", str(tmp_path), "--curves")
     assert result.exit_code == 0
     assert list((tmp_path / "tiny").glob("*.csv")) and list((tmp_path / "tiny").glob("*.png"))
     assert (tmp_path / "tiny" / "curves-pretrain.png").stat().st_size > 2000 and (tmp_path / "tiny" / "curves-finetune.png").is_file()
 
 
-def test_dry_run_shows_status_and_writes_nothing(finished_run, tmp_path):
-    recipe, results, _ = finished_run
+def test_dry_run_shows_status_and_writes_nothing(tiny_run, tmp_path):
+    recipe, results, _ = tiny_run
     result = _invoke("recipe", str(recipe), "--results", str(results), "--dry-run", "--set", "finetune.lr=0.03")
     assert result.exit_code == 0
     assert "done" in result.output and "todo" in result.output and "FLOPs" in result.output
@@ -115,13 +103,16 @@ def test_help_imports_neither_torch_nor_pandas():
 
 
 def test_shards_share_one_results_directory(write_recipe, tmp_path):
-    path = write_recipe(TINY.replace('"pretrain.size" = [16, 32]', '"pretrain.size" = [16]'))
+    """Two pre-trainings (one per model family) with their transfer stages: one tree per shard."""
+    small = TINY.replace('"pretrain.size" = [16, 32]', '"pretrain.size" = [16]').replace('[[transfer]]\ndata = "shapes"\nper_class = 8\n\n', "")
+    assert small.count("[[transfer]]") == 1
+    path = write_recipe(small)
     results = tmp_path / "shared"
     for part in ("1/2", "2/2"):
         assert _invoke("recipe", str(path), "--results", str(results), "--shard", part).exit_code == 0
-    assert len(list((results / "tiny").glob("*/stage.json"))) == 10
+    assert len(list((results / "tiny").glob("*/stage.json"))) == 6
     again = _invoke("recipe", str(path), "--results", str(results))
-    assert "10 of 10 stages already done" in again.output
+    assert "6 of 6 stages already done" in again.output
     assert _invoke("recipe", str(path), "--shard", "3/2").exit_code == 2
 
 
@@ -145,16 +136,16 @@ def test_quickstart_end_to_end(tmp_path):
 def test_errors_quote_toml_tables_verbatim(write_recipe):
     """`[finetune]` in a message is TOML, not rich markup: it must reach the user as written."""
     path = write_recipe(TINY.split("[[transfer]]")[0])  # fine-tuning without a transfer dataset
-    proc = subprocess.run([sys.executable, "-m", "vitrun.cli", "validate", str(path)], capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert "[finetune] and [fewshot] need at least one [[transfer]] dataset" in proc.stderr
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert "[finetune] and [fewshot] need at least one [[transfer]] dataset" in result.stderr
 
 
-def test_finetune_keeps_its_test_predictions(finished_run):
+def test_finetune_keeps_its_test_predictions(tiny_run):
     """For metrics from other labels later (ImageNet-ReaL: `vitrun report --real`)."""
     from vitrun.paper.real import load_predictions
 
-    _, results, _ = finished_run
+    _, results, _ = tiny_run
     folder = next(iter((results / "tiny").glob("finetune-*/stage.json"))).parent
     predicted = load_predictions(folder)
     record = json.loads((folder / "stage.json").read_text())
@@ -162,10 +153,10 @@ def test_finetune_keeps_its_test_predictions(finished_run):
     assert record["metrics"]["accuracy"] * len(predicted) == pytest.approx(round(record["metrics"]["accuracy"] * len(predicted)))
 
 
-def test_a_set_variant_never_blends_into_the_recipe_table(finished_run, tmp_path):
+def test_a_set_variant_never_blends_into_the_recipe_table(tiny_run, tmp_path):
     import shutil
 
-    recipe, shared, _ = finished_run
+    recipe, shared, _ = tiny_run
     results = tmp_path / "results"
     shutil.copytree(shared, results)  # the shared run stays as the other tests expect it
 

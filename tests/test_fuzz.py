@@ -30,6 +30,18 @@ QUICK = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCh
 LONG = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _small_timing_steps():
+    """`--dry-run` times one training step of each model it plans: here at 2 images, not about
+    3e10 FLOPs of them. A fuzzed recipe that is still valid can name models no earlier example
+    timed, and each then cost a second or more; the step (build, forward, backward) still runs."""
+    from vitrun import estimate
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(estimate, "MEASURE_FLOPS", 0)  # the batch falls to MEASURE_BATCH's floor
+        yield
+
+
 def test_the_builtin_recipes_are_found():
     assert set(OFFLINE) <= set(ALL), "the fuzz targets must exist: a glob that finds nothing checks nothing"
 

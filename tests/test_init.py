@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import torch
 from click.testing import CliRunner
@@ -39,6 +37,7 @@ draws = 1
 
 [[transfer]]
 data = "digits"
+classes = 4                     # a 240-image test split: where the weights come from is the point
 """
 
 
@@ -75,7 +74,8 @@ def test_npz_init_feeds_transfer_stages(tmp_path, monkeypatch):
 def test_steps_zero_without_init_is_a_seeded_random_model(write_recipe, tmp_path):
     recipe = write_recipe(INIT_RECIPE.replace('init = "npz:weights/mu4.npz"   # relative to where vitrun runs', ""))
     results = tmp_path / "results"
-    assert _invoke("recipe", str(recipe), "--results", str(results), "--set", "fewshot.shots=[1]").exit_code == 0
+    # One learning rate: no dev trials; the point here is the pre-training stage's weights.
+    assert _invoke("recipe", str(recipe), "--results", str(results), "--set", "fewshot.shots=[1]", "--set", "finetune.lr=0.01").exit_code == 0
     (pre,) = _records(results, "pretrain")
     stored = checkpoint.load_weights(results / "init" / pre["key"] / "weights.pt")
     torch.manual_seed(0)
@@ -86,9 +86,8 @@ def test_steps_zero_without_init_is_a_seeded_random_model(write_recipe, tmp_path
 def test_bad_init_is_a_one_line_error_before_anything_runs(write_recipe, tmp_path):
     for init, expected in (("npz:missing.npz", "no checkpoint file"), ("hub:vit", "expected 'timm:NAME'")):
         recipe = write_recipe(INIT_RECIPE.replace("npz:weights/mu4.npz", init))
-        proc = subprocess.run([sys.executable, "-m", "vitrun.cli", "recipe", str(recipe), "--results", str(tmp_path / "out")],
-                              capture_output=True, text=True)
-        assert proc.returncode == 2, proc.stderr
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and "model.init" in lines[0] and expected in lines[0], proc.stderr
+        run = CliRunner().invoke(main, ["recipe", str(recipe), "--results", str(tmp_path / "out")])
+        assert run.exit_code == 2 and isinstance(run.exception, SystemExit), run.output
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and "model.init" in lines[0] and expected in lines[0], run.stderr
         assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -30,10 +31,12 @@ def _tables(root, experiment: str, tables: list[dict]) -> None:
     (root / experiment / "recipe.json").write_text(json.dumps(record))
 
 
-@pytest.fixture
-def three(tmp_path):
-    """Three experiments: two-level rows, few-shot columns (shots), a name with LaTeX specials."""
-    store = Store(tmp_path)
+@pytest.fixture(scope="module")
+def _three_once(tmp_path_factory):
+    """Three experiments: two-level rows, few-shot columns (shots), a name with LaTeX specials.
+    Written once (126 records, each fsynced: a second) and copied for each test."""
+    root = tmp_path_factory.mktemp("three")
+    store = Store(root)
     for experiment in ("alpha", "beta", "gamma_100%"):
         for model in (VIT_B16, R50):
             for seed, size in ((0, 500), (1, 500), (0, 2000)):
@@ -43,10 +46,17 @@ def three(tmp_path):
                     write(store, experiment, "finetune", transfer_config(up, data, 32), acc + 0.01 * seed, (key,))
                     for shots in (1, 5):
                         write(store, experiment, "fewshot", {**transfer_config(up, data, 32)}, acc / 2, (key,), shots=shots)
-        _tables(tmp_path, experiment, [
+        _tables(root, experiment, [
             {"name": "Fine-tuning (%) & more", "kind": "finetune", "rows": ["data", "model"], "columns": "pretrain.size"},
             {"name": "Few-shot by shots", "kind": "fewshot", "rows": "model", "columns": "fewshot.shots"},
         ])
+    return root
+
+
+@pytest.fixture
+def three(_three_once, tmp_path):
+    """A private copy of the three experiments, in the test's own folder (tests edit them)."""
+    shutil.copytree(_three_once, tmp_path, dirs_exist_ok=True)
     return tmp_path
 
 
@@ -95,7 +105,13 @@ def test_json_is_always_a_list(three):
     assert shots["columns"] == [1, 5]
 
 
-def test_out_files_are_0644_and_end_with_a_newline(three, tmp_path):
+def test_out_files_are_0644_and_end_with_a_newline(three, tmp_path, monkeypatch):
+    from vitrun import figures, report
+
+    # The text files are the point here: no figures (1.3 s a call); tests/test_cli.py and
+    # tests/test_report_paper.py check the figures --out writes.
+    monkeypatch.setattr(figures, "draw_all", lambda frame, folder, paper=False: [])
+    monkeypatch.setattr(report, "save_figure", lambda table, path: None)
     out = tmp_path / "out"
     for fmt in ("markdown", "csv", "table"):
         assert _invoke("report", "--results", three, "--format", fmt, "--out", out, "--experiment", "beta").exit_code == 0

@@ -229,11 +229,13 @@ def _pixel_features(images: torch.Tensor) -> np.ndarray:
 
 
 def test_fractal_classes_are_distinguishable(fractal_set):
-    from sklearn.linear_model import LogisticRegression
-
-    clf = LogisticRegression(max_iter=500, C=10.0)
-    clf.fit(_pixel_features(fractal_set.train.images), fractal_set.train.labels.numpy())
-    acc = clf.score(_pixel_features(fractal_set.test.images), fractal_set.test.labels.numpy())
+    """A linear model on pixels tells the 10 classes apart (chance: 10%). The model is ridge
+    regression onto {-1, 1} targets in closed form (as the paper's few-shot probe; 0.9 here),
+    not an iterative logistic regression: the same question in 0.05 s instead of 2 s."""
+    train, test = _pixel_features(fractal_set.train.images), _pixel_features(fractal_set.test.images)
+    targets = 2 * np.eye(10)[fractal_set.train.labels.numpy()] - 1  # (N, 10)
+    weights = np.linalg.solve(train.T @ train + np.eye(train.shape[1]), train.T @ targets)  # (D, 10), l2 = 1
+    acc = ((test @ weights).argmax(1) == fractal_set.test.labels.numpy()).mean()
     assert acc > 0.5, f"a linear model on pixels reaches only {acc:.2f} on 10 fractal classes"
 
 

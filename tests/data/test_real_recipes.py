@@ -4,8 +4,6 @@ save_to_disk dataset and Parquet files for transfer; the report reads them back.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from click.testing import CliRunner
 
@@ -99,9 +97,10 @@ def test_missing_data_fails_before_anything_is_written(tmp_path, image_folder, h
     text = RECIPE.format(folder=image_folder, arrow=hf_arrow, parquet=hf_parquet, workers=0)
     recipe.write_text(text.replace(f"folder:{image_folder}", f"folder:{tmp_path / 'photos'}"))
     results = tmp_path / "results"
-    proc = subprocess.run([sys.executable, "-m", "vitrun.cli", "recipe", str(recipe), "--results", str(results)], capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
+    # In process (tests/test_cli.py runs a usage error as a real process): exit 2, one line on stderr.
+    run = CliRunner().invoke(main, ["recipe", str(recipe), "--results", str(results)])
+    assert run.exit_code == 2 and isinstance(run.exception, SystemExit), run.output
+    (line,) = run.stderr.strip().splitlines()
     assert f"{recipe}: pretrain.data: folder:{tmp_path / 'photos'}: no such folder" in line
     assert not results.exists()
     recipe.write_text(text.replace('label_column = "fine_label"', 'label_column = "label"'))
