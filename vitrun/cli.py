@@ -5,31 +5,14 @@ Heavy imports (torch, pandas) happen inside commands, so `vitrun --help` answers
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
 
 import click
 
-EXIT_USAGE = 2  # bad input: recipe, report spec, arguments
-EXIT_FAILED = 1  # a stage failed while running
-EXIT_INTERRUPTED = 130
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> None:
-    from rich.markup import escape  # messages quote TOML tables such as [finetune]: not markup
-
-    if os.environ.get("RANK", "0") != "0":  # under torchrun every rank fails alike: rank 0 says why
-        sys.exit(code)
-    _console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True, markup=True)
-    sys.exit(code)
+from vitrun.cli_bench import bench_group
+from vitrun.cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, fail, has_cuda, make_console, source_options
 
 
 def _parse_shard(ctx, param, value):
@@ -61,6 +44,9 @@ def main():
       vitrun cp quickstart my.toml       copy a recipe to edit, then: vitrun recipe my.toml
       vitrun report --format markdown    tables from everything under results/
     """
+
+
+main.add_command(bench_group)
 
 
 @main.command("recipe")
@@ -103,10 +89,10 @@ def recipe_cmd(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast,
 
             for i, path in enumerate(members, 1):
                 if distributed.env_rank() == 0:  # under torchrun only rank 0 prints
-                    _console().rule(f"{recipe}: {path.stem} ({i}/{len(members)})")
+                    make_console().rule(f"{recipe}: {path.stem} ({i}/{len(members)})")
                 complete = _run_recipe(str(path), results, overrides, dry_run, shard, cache_dir, fail_fast, nproc, smoke, gpu, jobs) and complete
     except RecipeError as err:
-        _fail(str(err))
+        fail(str(err))
     if not complete:
         sys.exit(EXIT_FAILED)
 
@@ -122,7 +108,7 @@ def _run_recipe(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast
     try:
         loaded = load(recipe, overrides, smoke=smoke, offline=dry_run)
     except RecipeError as err:
-        _fail(str(err))
+        fail(str(err))
     for warning in loaded.warnings if main_rank else ():  # once, not once per rank
         click.echo(f"warning: {warning}", err=True)
     stages = planning.plan(loaded.variants)
@@ -130,7 +116,7 @@ def _run_recipe(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast
     if shard:
         done = {stage.key for stage in stages if store.stage(loaded.name, stage.key).status() == "done"}
         stages = planning.shard(stages, *shard, done=done)
-    console = _console()
+    console = make_console()
     world_size = nproc or distributed.env_world_size()
     splits = _batch_splits(stages, world_size, loaded.variants[0].run)
     if dry_run:
@@ -155,13 +141,13 @@ def _run_recipe(recipe, results, overrides, dry_run, shard, cache_dir, fail_fast
         finally:  # the extra runners end with this one: waited for, or stopped when it stops
             _end_runners(helpers, stopping=sys.exc_info()[0] is not None, console=console)
     except ResultsUnwritable as err:
-        _fail(str(err), EXIT_FAILED)
+        fail(str(err), EXIT_FAILED)
     except CannotStart as err:  # the recipe asks for what this machine lacks: usage, exit 2
-        _fail(f"{loaded.path}: {err}")
+        fail(f"{loaded.path}: {err}")
     except Interrupted as err:  # training checkpointed before stopping
-        _fail(f"interrupted: {err}", EXIT_INTERRUPTED)
+        fail(f"interrupted: {err}", EXIT_INTERRUPTED)
     except KeyboardInterrupt:  # Ctrl-C between stages: finished stages are already saved
-        _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
+        fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
     if not main_rank:  # rank 0 reports; the others only share its exit status
         return summary.complete
     if summary.ran:
@@ -243,9 +229,9 @@ def report_cmd(results, experiment, fmt, out_dir, paper, check, real_labels, fig
     names = [experiment] if experiment else store.experiments()
     if experiment and experiment not in store.experiments():
         hint = ", ".join(store.experiments()) or "none yet: run `vitrun recipe quickstart`"
-        _fail(f"{results}: no finished stages for experiment {experiment!r} (experiments: {hint})")
+        fail(f"{results}: no finished stages for experiment {experiment!r} (experiments: {hint})")
     if not names:
-        _fail(f"{results}: no results yet; run a recipe first, e.g. `vitrun recipe quickstart`")
+        fail(f"{results}: no results yet; run a recipe first, e.g. `vitrun recipe quickstart`")
     real = None
     if real_labels:
         from vitrun.paper.real import RealLabelsError, load_real_labels
@@ -253,11 +239,11 @@ def report_cmd(results, experiment, fmt, out_dir, paper, check, real_labels, fig
         try:
             real = load_real_labels(real_labels)
         except RealLabelsError as err:
-            _fail(f"--real {err}")
+            fail(f"--real {err}")
     try:
-        failures = _print_report(store, names, fmt, out_dir, _console(), paper=paper, figures=figures, real=real, allow_missing=allow_missing, every_run=every_run, curves=curves)
+        failures = _print_report(store, names, fmt, out_dir, make_console(), paper=paper, figures=figures, real=real, allow_missing=allow_missing, every_run=every_run, curves=curves)
     except OSError as err:  # --out on a read-only or full disk, or under a file
-        _fail(f"{err.filename or out_dir}: cannot write ({err.strerror}); choose another --out", EXIT_FAILED)
+        fail(f"{err.filename or out_dir}: cannot write ({err.strerror}); choose another --out", EXIT_FAILED)
     if check and failures:
         for name, outcome in failures:
             click.echo(f"check failed: {name}: {outcome.describe()}", err=True)
@@ -271,7 +257,7 @@ def ls_cmd():
 
     from vitrun.catalogue import entries
 
-    console = _console()
+    console = make_console()
     for entry in entries():
         console.print(f"[cyan]{entry.name:<22}[/cyan] [dim]{entry.group:<6}[/dim] {escape(entry.description)}", soft_wrap=True)
 
@@ -288,14 +274,14 @@ def cp_cmd(name, dest):
         import difflib
 
         close = difflib.get_close_matches(name, [p.stem for p in builtin_recipes()], n=1)
-        _fail(f"{name}: no built-in recipe of that name{f' (did you mean {close[0]!r}?)' if close else ''}; `vitrun ls` lists them")
+        fail(f"{name}: no built-in recipe of that name{f' (did you mean {close[0]!r}?)' if close else ''}; `vitrun ls` lists them")
     target = Path(dest)
     if target.is_dir():
         target = target / source.name
     if target.exists():
-        _fail(f"{target}: already exists; choose another DEST or remove it first")
+        fail(f"{target}: already exists; choose another DEST or remove it first")
     shutil.copyfile(source, target)
-    _console().print(f"Copied {source.stem} to {target}; run it with `vitrun recipe {target}`")
+    make_console().print(f"Copied {source.stem} to {target}; run it with `vitrun recipe {target}`")
 
 
 @main.command("validate")
@@ -309,11 +295,11 @@ def validate_cmd(recipe, overrides):
     try:
         loaded = load(recipe, overrides)
     except RecipeError as err:
-        _fail(str(err))
+        fail(str(err))
     stages = planning.plan(loaded.variants)
     counts = {k: sum(s.kind == k for s in stages) for k in planning.KINDS}
     detail = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-    _console().print(f"[green]valid[/green]: {loaded.path} — {len(loaded.variants)} variants, {len(stages)} stages ({detail})")
+    make_console().print(f"[green]valid[/green]: {loaded.path} — {len(loaded.variants)} variants, {len(stages)} stages ({detail})")
 
 
 @main.command("models")
@@ -334,7 +320,7 @@ def models_cmd(fmt, model_names, image_size):
     try:
         rows = describe(list(model_names) or None, image_size)
     except ValueError as err:
-        _fail(str(err))
+        fail(str(err))
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
@@ -350,164 +336,7 @@ def models_cmd(fmt, model_names, image_size):
     for row in rows:
         cells = [row[key] for _, key in columns]
         table.add_row(*("–" if v is None else f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else v for v in cells))
-    _console().print(table)
-
-
-@main.group("bench")
-def bench_group():
-    """Measure throughput: how many images/s a part of the pipeline delivers."""
-
-
-@bench_group.command("data")
-@click.argument("source")
-@click.option("--image-size", default=224, show_default=True, type=click.IntRange(4), help="Crop size the batches are made at.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1), help="Images per batch.")
-@click.option("--workers", default=None, type=click.IntRange(0), help="Decoding processes for on-disk sources [default: the cores CPU training leaves free].")
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Batches timed (after 2 untimed warm-up batches).")
-@click.option("--crop", type=click.Choice(["inception", "resize"]), default="inception", show_default=True, help="Training crop (pre-training: inception; fine-tuning real images: resize).")
-@click.option("--model", default=None, help="Also time a training step of this model (e.g. ViT-Mu/4) on the same batches, for comparison.")
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A source option as in a recipe, e.g. --option label_column=fine_label. Repeatable.")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), envvar="VITRUN_CACHE", help="Where generated datasets are cached [env VITRUN_CACHE; default ~/.cache/vitrun].")
-@click.option("--project", "project_cores", default=16, show_default=True, type=click.IntRange(2), help="Also project images/s to a machine of this many cores (all but one decoding).")
-@click.option("--decode", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True, help="gpu: decode JPEGs on the CUDA device (batches handed over there); falls back to the CPU without one.")
-def bench_data_cmd(source, image_size, batch_size, workers, steps, crop, model, options, cache_dir, project_cores, decode):
-    """Images/s of the training input pipeline for SOURCE (decode + augment + collate).
-
-    SOURCE is what a recipe's `data` takes: an embedded name (`fractal`, `digits`,
-    `shapes`) or KIND:TARGET (`folder:PATH`, `parquet:GLOB`, `arrow:DIR`, `hf:ID`,
-    `torchvision:NAME`). Embedded sources are augmented in memory (workers unused).
-    """
-    from vitrun import data
-    from vitrun.data import bench, loader
-
-    opts = _source_options(options)
-    workers = loader.LoaderSettings.auto_workers() if workers is None else workers
-    try:
-        data.check(source, opts, cache_dir)
-        if model:
-            from vitrun.models import spec
-
-            spec(model)
-        result = bench.measure(source, image_size=image_size, batch_size=batch_size, workers=workers, steps=steps, crop=crop, model=model, cache_dir=cache_dir, options=opts, decode=decode, device="cuda" if decode == "gpu" and _has_cuda() else "cpu")
-    except (data.SourceError, ValueError) as err:
-        _fail(f"{source}: {err}" if not str(err).startswith(source) else str(err))
-    console = _console()
-    in_memory = data.is_embedded(source)
-    how = "in memory, batched augmentation" if in_memory else f"{result.workers} workers"
-    console.print(f"{source}: {result.train_images} training images; {result.steps} batches of {result.batch_size} at {result.image_size} px ({how})")
-    console.print(f"  input pipeline: [bold]{result.images_per_s:,.0f} images/s[/bold] ({1000 * result.seconds / result.steps:.1f} ms per batch)")
-    if not in_memory:
-        basis = "CPU time, workers included" if result.cpu_seconds else "wall time"
-        console.print(f"  per decoding core ({basis}): {result.per_core:,.0f} images/s; projected on {project_cores} cores ({project_cores - 1} workers): {result.projected(project_cores):,.0f} images/s")
-    if result.model_seconds:
-        ratio = result.images_per_s / result.model_images_per_s
-        verdict = "keeps the model busy" if ratio >= 1.5 else "about even with the model: little slack" if ratio >= 1 else "slower than the model: training waits for data"
-        console.print(f"  {result.model} training step: {result.model_images_per_s:,.{0 if result.model_images_per_s >= 10 else 2}f} images/s ({1000 * result.model_seconds:.1f} ms per batch); loader/model = {ratio:.1f}x, {verdict}")
-
-
-@bench_group.command("model")
-@click.argument("name")
-@click.option("--image-size", default=224, show_default=True, type=click.IntRange(4), help="Input resolution.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Images per step.")
-@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1), help="Timed steps per model and kind of work (after 2 warm-up steps); the median counts.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda when there is one).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="auto: bf16 autocast on GPU, fp32 on CPU.")
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A model option as in a recipe's [model], e.g. --option classifier=gap. Repeatable.")
-def bench_model_cmd(name, image_size, batch_size, repeats, device, precision, options):
-    """Images/s of model NAME against timm's same architecture, in one run.
-
-    Inference (eval, no grad) and a training step (forward, backward, Adam update) of our
-    model and of its timm twin (same weights, built by vitrun.interop.to_timm), timed in
-    turns so a busy machine favours neither. Needs timm for the comparison (pip install timm).
-    """
-    from vitrun.benchmark import bench_model
-    from vitrun.engine.device import FLAG_SETTING, place
-    from vitrun.models import spec
-
-    fields = _options(options)
-    try:
-        spec(name, **fields)
-        placement = place(device, precision, setting=FLAG_SETTING)
-        timings = bench_model(name, placement, image_size, batch_size, repeats, **fields)
-    except (ValueError, RuntimeError) as err:
-        _fail(str(err))
-    from rich.table import Table
-
-    table = Table(title=f"{name} at {image_size} px, batch {batch_size}, {placement.describe()}", title_justify="left", header_style="bold")
-    for column in ("work", "vitrun img/s", "timm img/s", "vitrun / timm"):
-        table.add_column(column, justify="left" if column == "work" else "right")
-    for work in dict.fromkeys(t.work for t in timings):
-        ours = next(t.images_per_s for t in timings if t.work == work and t.model == "vitrun")
-        theirs = next((t.images_per_s for t in timings if t.work == work and t.model == "timm"), None)
-        table.add_row(work, f"{ours:,.1f}", "–" if theirs is None else f"{theirs:,.1f}", "–" if theirs is None else f"{ours / theirs:.2f}x")
-    if not any(t.model == "timm" for t in timings):
-        table.caption = "timm is not installed: pip install timm for the comparison"
-    _console().print(table)
-
-
-@bench_group.command("train")
-@click.option("--model", "name", required=True, help="Model name, e.g. ViT-S/16, R50x1, R50+ViT-B/16 (vitrun models lists them).")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Images per step.")
-@click.option("--image-size", default=224, show_default=True, type=click.IntRange(4), help="Input resolution.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True, help="auto: bf16 autocast on GPU, fp32 on CPU.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile both models (GPU only; ignored on a CPU).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda when there is one).")
-@click.option("--compare", type=click.Choice(["timm", "none"]), default="timm", show_default=True, help="Also time timm's same architecture (same weights), in turns with ours.")
-@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1), help="Timed steps per model (after 2 warm-up steps); the median counts.")
-@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="A model option as in a recipe's [model], e.g. --option classifier=gap. Repeatable.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the numbers, the device and the versions to this JSON file.")
-def bench_train_cmd(name, batch_size, image_size, precision, compile_, device, compare, repeats, options, json_path):
-    """Training-step speed of a model against the hardware and against timm.
-
-    Images/s, achieved TFLOP/s (counted forward FLOPs × 3 for forward + backward), the share
-    of the matrix-multiply peak measured on the same device in this run, and our speed over
-    timm's (same weights, vitrun.interop.to_timm), median of steps timed in turns. A step
-    is forward, backward and the AdamW update as each trainer builds it: vitrun's fused
-    kernels, timm's create_optimizer_v2. "first step" is each model's first step on its own
-    (with --compile, the compilation): the wait before the steady rate. `bench model` also
-    times inference.
-    """
-    from vitrun.benchmark import bench_train, train_record
-    from vitrun.engine.device import FLAG_SETTING, place
-    from vitrun.models import spec
-
-    fields = _options(options)
-    try:
-        spec(name, **fields)
-        placement = place(device, precision, compile=compile_, setting=FLAG_SETTING)
-        timings, peak = bench_train(name, placement, image_size, batch_size, repeats, compare=compare == "timm", **fields)
-    except (ValueError, RuntimeError) as err:
-        _fail(str(err))
-    from rich.table import Table
-
-    table = Table(title=f"{name} training step at {image_size} px, batch {batch_size}, {placement.describe()}", title_justify="left", header_style="bold")
-    for column in ("model", "img/s", "ms/step", "TFLOP/s", "of peak", "vs timm", "first step"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    theirs = next((t for t in timings if t.model == "timm"), None)
-    for t in timings:
-        ratio = "–" if theirs is None else f"{theirs.seconds / t.seconds:.2f}x"
-        table.add_row(t.model, f"{t.images_per_s:,.1f}", f"{1000 * t.seconds:,.1f}", f"{t.tflops:.3g}", f"{100 * t.utilisation:.1f}%", ratio, f"{t.first_step_seconds:.2f} s")
-    notes = [f"matmul peak {peak / 1e12:.3g} TFLOP/s ({'bf16' if placement.dtype else 'fp32'} matrix product, this device, this run)"]
-    if compile_ and not placement.compile:
-        notes.append("--compile ignored: torch.compile is used on a GPU only")
-    if placement.dtype and placement.device.type == "cpu":  # most CPUs have no bf16 matrix units
-        from vitrun.benchmark import matmul_peak
-
-        share = peak / matmul_peak(place(device, "fp32", setting=FLAG_SETTING))
-        if share < 1:
-            notes.append(f"bf16 matmuls run at {100 * share:.3g}% of fp32's on this CPU: train in fp32 here")
-    if compare == "timm" and theirs is None:
-        notes.append("timm is not installed: pip install timm for the comparison")
-    table.caption = "; ".join(notes)
-    table.caption_justify = "left"
-    _console().print(table)
-    if json_path:
-        import json
-
-        from vitrun.durable import write_atomic
-
-        record = train_record(name, image_size, batch_size, placement, timings, peak)
-        write_atomic(Path(json_path), (json.dumps(record, indent=2) + "\n").encode())
+    make_console().print(table)
 
 
 @main.command("doctor")
@@ -525,7 +354,7 @@ def doctor_cmd(results, apply_fix, no_weights, cache_dir):
 
     from vitrun import doctor
 
-    console = _console()
+    console = make_console()
     console.print("[bold]versions[/bold]  " + ", ".join(f"{name} {version}" for name, version in doctor.versions()), soft_wrap=True)
     console.print("[bold]devices[/bold]   " + "; ".join(doctor.devices()), soft_wrap=True)
     for what, path, size in doctor.caches(cache_dir):
@@ -533,7 +362,7 @@ def doctor_cmd(results, apply_fix, no_weights, cache_dir):
     if results is None:
         return
     if not Path(results).is_dir():
-        _fail(f"{results}: no such folder (give the --results directory of a run)")
+        fail(f"{results}: no such folder (give the --results directory of a run)")
     findings = doctor.scan(Path(results), check_weights=not no_weights)
     if not findings:
         console.print(f"[green]results[/green]   {escape(str(results))}: nothing to fix", soft_wrap=True)
@@ -546,12 +375,6 @@ def doctor_cmd(results, apply_fix, no_weights, cache_dir):
         console.print(f"  {finding.kind:<11} {escape(str(finding.path))}: {escape(finding.detail)} → {'' if apply_fix else '--fix would '}{escape(action)}", soft_wrap=True)
     if any(f.fix for f in findings) and not apply_fix:
         sys.exit(EXIT_FAILED)
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 @main.command("analyze")
@@ -578,7 +401,7 @@ def analyze_cmd(target, whats, source, images, out_dir, device, results, cache_d
     try:
         placement = place(device, "fp32", setting=FLAG_SETTING)
         targets = analyze.resolve(target, Store(results), out_dir)
-        console = _console()
+        console = make_console()
         for one in targets:
             written, skipped = analyze.run(one, chosen, source, images, cache_dir, placement.device, strict=len(targets) == 1)
             for w in written:
@@ -586,7 +409,7 @@ def analyze_cmd(target, whats, source, images, out_dir, device, results, cache_d
             for reason in skipped:
                 console.print(f"[yellow]skipped[/yellow] {reason}", soft_wrap=True)
     except (ValueError, RuntimeError) as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 def _run_recipe_analyses(loaded, stages, store, console, cache_dir) -> None:
@@ -598,79 +421,13 @@ def _run_recipe_analyses(loaded, stages, store, console, cache_dir) -> None:
     try:
         written, skipped = analyze.run_recipe(loaded.name, loaded.variants[0].analysis, keys, store, cache_dir, place(loaded.variants[0].run.device, "fp32").device)
     except ValueError as err:
-        _fail(f"{loaded.path}: analysis: {err}")
+        fail(f"{loaded.path}: analysis: {err}")
     for reason in skipped:
         console.print(f"[dim]analysis skipped: {reason}[/dim]", soft_wrap=True)
     if written:
         console.print(f"Drew {len(written)} analyses (Figures 6, 7) in {store.root / loaded.name / analyze.ANALYSIS_DIR}")
 
 
-def _int_list(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        numbers = [int(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected integers separated by commas, e.g. 64,224, got {value!r}") from None
-    if not numbers or min(numbers) < 1:
-        raise click.BadParameter(f"expected positive integers separated by commas, got {value!r}")
-    return numbers
-
-
-@bench_group.command("inference")
-@click.option("--models", "model_names", metavar="A,B,…", help="Models, comma-separated [default: ViT-B/16,R50x1,R50+ViT-B/16 on a GPU; ViT-Ti/16,R26x0.5,R26x0.5+ViT-Ti/16 on a CPU].")
-@click.option("--sizes", callback=_int_list, default="64,128,224,384,512", show_default=True, metavar="S,…", help="Input sizes in pixels, comma-separated.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 … (auto: cuda when there is one). GPU: bf16 autocast; CPU: fp32.")
-@click.option("--batch", type=click.IntRange(2), help="Images per timed pass [default: 64 on a GPU (at most the largest that fits), 4 on a CPU].")
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1), help="Timed passes per model and size; the median counts.")
-@click.option("--max-batch", default=16384, show_default=True, type=click.IntRange(1), help="Upper bound of the largest-batch search (GPU) or estimate (CPU).")
-@click.option("--memory", "memory_gib", default=16.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="CPU only: memory budget in GiB the largest batch is estimated against (16: one TPUv3 core, Figure 12's device).")
-@click.option("--threads", type=click.IntRange(1), help="CPU threads (cores) to run on [default: torch's]; images/s per core divides by this.")
-@click.option("--out", "out_dir", default="results/bench", show_default=True, type=click.Path(file_okay=False), help="Where inference.csv and inference.png (Figure 12) go.")
-def bench_inference_cmd(model_names, sizes, device, batch, repeats, max_batch, memory_gib, threads, out_dir):
-    """The paper's Figure 12 here: inference images/s and the largest batch per input size.
-
-    Images/s per core on a CPU (÷ torch's threads) or per device on a GPU; the largest
-    batch is searched on a GPU (doubling, then bisection, until out of memory) and
-    estimated on a CPU from the peak memory of two passes (see vitrun/benchmark.py).
-    """
-    from vitrun import benchmark
-    from vitrun.engine.device import FLAG_SETTING, place
-    from vitrun.models import spec
-
-    try:
-        placement = place(device, "auto", threads=threads, setting=FLAG_SETTING)
-        on_gpu = placement.device.type == "cuda"
-        names = [n.strip() for n in model_names.split(",") if n.strip()] if model_names else list(benchmark.FIGURE12_MODELS if on_gpu else benchmark.CPU_MODELS)
-        for name in names:
-            spec(name)
-    except (ValueError, RuntimeError) as err:
-        _fail(str(err))
-    console = _console()
-    console.print(f"Figure 12 on {placement.describe()}: {', '.join(names)} at {', '.join(map(str, sizes))} px")
-    with console.status("measuring …") as status:
-        try:
-            points = benchmark.bench_inference(
-                names, sizes, placement, batch or (64 if on_gpu else 4), repeats, max_batch, int(memory_gib * 2**30),
-                on_point=lambda p: status.update(f"measured {p.model} at {p.image_size} px: {p.images_per_s_per_unit:,.1f} images/s per {p.unit}"),
-            )
-        except ValueError as err:  # e.g. an input size the model's patches do not divide
-            _fail(str(err))
-    from rich.table import Table
-
-    unit = points[0].unit
-    table = Table(title=f"Inference (arXiv 2010.11929, Figure 12) on {placement.describe()}", title_justify="left", header_style="bold")
-    for column in ("model", "size", "batch", "img/s", f"img/s per {unit}", "largest batch"):
-        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
-    marks = {"measured": "", "estimated": "≈", "capped": "≥", "unknown": ""}
-    for p in points:
-        largest = "–" if p.max_batch is None else f"{marks[p.max_batch_how]}{p.max_batch:,}"
-        table.add_row(p.model, str(p.image_size), str(p.batch), f"{p.images_per_s:,.1f}", f"{p.images_per_s_per_unit:,.1f}", largest)
-    table.caption = ("largest batch: ≈ estimated from the peak memory of two passes against --memory; ≥ the --max-batch bound" if not on_gpu
-                     else "largest batch: searched until out of memory; ≥ the --max-batch bound")
-    console.print(table)
-    csv_path, png_path = benchmark.write_inference(points, Path(out_dir), f"Inference on {placement.describe()}")
-    console.print(f"[dim]wrote {csv_path} and {png_path}[/dim]")
 @main.command("evaluate")
 @click.argument("target")
 @click.option("--data", "source", required=True, help="The dataset, as a recipe's `data`: digits, folder:PATH, parquet:GLOB, hf:ID … (its classes must be the model's).")
@@ -703,7 +460,7 @@ def evaluate_cmd(target, source, split, image_size, batch_size, view, options, f
     from vitrun.report import slug
     from vitrun.store import Store
 
-    opts = _source_options(options)
+    opts = source_options(options)
     try:
         data.check(source, opts, cache_dir)
         model = trained.load(target, Store(results), experiment)
@@ -714,7 +471,7 @@ def evaluate_cmd(target, source, split, image_size, batch_size, view, options, f
             raise ValueError(f"{source} has no validation split; use --split test or train")
         result = evaluate(model.model, images, size, place(device, setting=FLAG_SETTING), batch_size, view=view)
     except (trained.TargetError, data.SourceError, ValueError, RuntimeError) as err:
-        _fail(str(err))
+        fail(str(err))
     folder = f"{source}-{split}" if view == "full" else f"{source}-{split}-{view}"  # one view does not overwrite the other
     out = Path(out_dir) if out_dir else trained.default_out(model, f"evaluation/{slug(folder)}", Path("evaluation") / slug(f"{target}-{folder}"))
     document = {"target": target, "data": source, "split": split, "image_size": size, "view": view, **result.to_json()}
@@ -725,7 +482,7 @@ def evaluate_cmd(target, source, split, image_size, batch_size, view, options, f
         return
     from rich.table import Table
 
-    console = _console()
+    console = make_console()
     console.print(f"[bold]{model.label}[/bold] on {source} ({split}, {result.images:,} images at {size} px, {view} view): "
                   f"top-1 [bold]{result.top1:.1%}[/bold], top-5 {result.top5:.1%}")
     table = Table(title="Per-class accuracy", title_justify="left", header_style="bold")
@@ -760,36 +517,15 @@ def export_cmd(target, path, fmt, experiment, results):
         model = trained.load(target, Store(results), experiment)
         info = export(model.model, path, fmt)
     except (trained.TargetError, ValueError) as err:
-        _fail(str(err))
-    _console().print(f"Wrote {model.label} to {path} ({fmt})")
-    _console().print(f"load it with: {info['load']}", soft_wrap=True)
+        fail(str(err))
+    make_console().print(f"Wrote {model.label} to {path} ({fmt})")
+    make_console().print(f"load it with: {info['load']}", soft_wrap=True)
 
 
 def _write_text(path: Path, text: str) -> None:
     from vitrun.store import write_atomic
 
     write_atomic(path, (text.rstrip("\n") + "\n").encode())
-
-
-def _source_options(items):
-    """`--option KEY=VALUE` pairs as SourceOptions."""
-    from vitrun.data import SourceOptions
-
-    return SourceOptions(**_options(items, tuple(SourceOptions.__dataclass_fields__)))
-
-
-def _options(items, allowed: tuple[str, ...] | None = None) -> dict:
-    """`--option KEY=VALUE` pairs (values read as TOML, else text); KEY one of `allowed` if given."""
-    from vitrun.recipe import toml_value
-
-    fields = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key or (allowed is not None and key not in allowed):
-            _fail(f"--option {item}: expected KEY=VALUE" + (f" with KEY one of {', '.join(allowed)}" if allowed else ""))
-        fields[key] = toml_value(text)
-    return fields
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -805,7 +541,7 @@ def _batch_splits(stages, world_size: int, run) -> list[str]:
     try:
         return check_splits(stages, world_size, micro_batch)
     except BatchSplitError as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 def _plan_table(experiment: str, stages, store, swept=(), gpu: str = "a100"):
@@ -814,7 +550,7 @@ def _plan_table(experiment: str, stages, store, swept=(), gpu: str = "a100"):
     from vitrun import estimate
     from vitrun.stages import training_flops
 
-    device = "cuda" if _has_cuda() else "cpu"
+    device = "cuda" if has_cuda() else "cpu"
     rates = estimate.measured_flops_per_second(stages, device)
     table = Table(title=f"Plan for {experiment}: {len(stages)} stages", title_justify="left", header_style="bold")
     columns = [("kind", "left"), ("model", "left"), ("data", "left"), ("size", "right"), ("steps×batch@px", "right"), ("status", "left"), ("est. FLOPs", "right"),
@@ -892,7 +628,7 @@ def _print_report(store, experiments, fmt, out_dir, console, paper=False, figure
         elif fmt == "csv":  # one long CSV over every experiment, printed at the end
             tidy.extend([report.tidy(t, name) for t in built.tables] + [reporting.tidy_listing(title, frame, name) for title, frame, _ in listings])
             for note in built.notes():
-                _console(stderr=True).print(f"{name}: {escape(note)}", soft_wrap=True)
+                make_console(stderr=True).print(f"{name}: {escape(note)}", soft_wrap=True)
         elif fmt in ("markdown", "latex"):
             heading = f"## {name}\n" if fmt == "markdown" else f"% experiment: {name}\n"
             texts = [report.render_text(t, fmt) for t in built.tables] + [reporting.render_listing(*item, fmt) for item in listings]
@@ -905,7 +641,7 @@ def _print_report(store, experiments, fmt, out_dir, console, paper=False, figure
             from vitrun.curves import curves_frame, save_curves
 
             drawn = save_curves(curves_frame(store, name), folder or store.root / name / "report")
-            _console(stderr=True).print(f"[dim]{name}: " + (", ".join(str(p) for p in drawn) or "no training curves (no metrics.jsonl)") + "[/dim]", soft_wrap=True)
+            make_console(stderr=True).print(f"[dim]{name}: " + (", ".join(str(p) for p in drawn) or "no training curves (no metrics.jsonl)") + "[/dim]", soft_wrap=True)
     if fmt == "json":
         click.echo(json.dumps(documents, indent=2))  # always a list: one entry per experiment
     if fmt == "csv" and tidy:
@@ -913,7 +649,7 @@ def _print_report(store, experiments, fmt, out_dir, console, paper=False, figure
 
         click.echo(pd.concat(tidy, ignore_index=True).to_csv(index=False), nl=False)
     for line in broken:
-        _console(stderr=True).print(f"[bold red]error:[/bold red] {escape(line)}", soft_wrap=True)
+        make_console(stderr=True).print(f"[bold red]error:[/bold red] {escape(line)}", soft_wrap=True)
     _report_problems(problems, allow_missing)
     if broken:
         sys.exit(EXIT_USAGE)
@@ -925,14 +661,14 @@ def _report_problems(problems, allow_missing: bool) -> None:
     each (stderr: stdout may carry --format json), and exit 1 unless --allow-missing."""
     if not problems:
         return
-    err = _console(stderr=True)
+    err = make_console(stderr=True)
     err.print(f"[bold yellow]{len(problems)} stage records missing from the tables[/bold yellow] (a run of the recipe re-runs these stages):", soft_wrap=True)
     from rich.markup import escape
 
     for problem in problems:
         err.print(f"  {escape(str(problem))}", soft_wrap=True)
     if not allow_missing:
-        _fail("the tables above lack these stages; re-run the recipe, or pass --allow-missing to accept them as they are", EXIT_FAILED)
+        fail("the tables above lack these stages; re-run the recipe, or pass --allow-missing to accept them as they are", EXIT_FAILED)
 
 
 def _write_outputs(folder: Path, built, fmt, tables: bool, experiment_dir: Path) -> None:
@@ -958,7 +694,7 @@ def _write_outputs(folder: Path, built, fmt, tables: bool, experiment_dir: Path)
         written.append(f"{len(built.tables)} tables (.{report.EXTENSIONS[fmt]}) with a figure each (.png)")
     written.append(f"{len(drawn)} paper-style figures (.png, .svg)")
     # stderr: stdout may be carrying --format json to another program
-    _console(stderr=True).print(f"[dim]wrote {', '.join(written)} to {folder}[/dim]")
+    make_console(stderr=True).print(f"[dim]wrote {', '.join(written)} to {folder}[/dim]")
 
 
 if __name__ == "__main__":
