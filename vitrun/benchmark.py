@@ -291,10 +291,7 @@ def matmul_peak(placement: Placement, size: int | None = None, repeats: int = 5)
 def _mm_seconds(size: int, device: torch.device, dtype: torch.dtype) -> float:
     """Seconds of one square product of `size` (after one untimed)."""
     a = torch.randn(size, size, device=device, dtype=dtype)
-    torch.mm(a, a)
-    start = time.perf_counter()
-    torch.mm(a, a)
-    return time.perf_counter() - start
+    return _alternate({"mm": lambda: torch.mm(a, a)}, 1, 1, device)["mm"][0]
 
 
 # -- Figure 12: inference across input sizes ------------------------------------------------------
