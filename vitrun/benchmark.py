@@ -222,18 +222,12 @@ def bench_train(
 
 def train_record(name: str, image_size: int, batch_size: int, placement: Placement, timings: list[TrainTiming], peak: float) -> dict:
     """`bench train --json`: the run as one JSON object, with what the numbers depend on
-    (device, precision, compile, torch/timm versions, the CPU's vector unit), for BENCHMARKS.md."""
-    import importlib.metadata
+    (device, precision, compile, package versions as `vitrun doctor` lists them, the CPU's
+    vector unit), for BENCHMARKS.md."""
     import platform
     from datetime import datetime, timezone
 
-    from vitrun import __version__
-
-    def version(package: str) -> str | None:
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return None
+    from vitrun.doctor import versions
 
     theirs = next((t for t in timings if t.model == "timm"), None)
     return {
@@ -245,7 +239,7 @@ def train_record(name: str, image_size: int, batch_size: int, placement: Placeme
         "compile": placement.compile,
         "matmul_peak_tflops": peak / 1e12,
         "cpu": {"processor": platform.processor() or platform.machine(), "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()},
-        "versions": {"vitrun": __version__, "torch": torch.__version__, "timm": version("timm"), "python": platform.python_version()},
+        "versions": dict(versions()),
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "rows": [
             {
