@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import textwrap
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 
-from tests.tiny import TINY
+from tests.tiny import TINY, FinishedRun, run_recipe
 
 # One intra-op thread per process (subprocesses inherit it), set before anything imports torch.
 # The tests' models are tiny: a second thread gains little on an idle machine (vitrun/jobs.py:
@@ -30,29 +29,13 @@ def _isolated_cache(tmp_path_factory):
         yield
 
 
-class FinishedRun(NamedTuple):
-    recipe: Path  # the TINY recipe file
-    results: Path  # its --results folder: results/tiny/<stage-key>/...
-    output: str  # what `vitrun recipe` printed
-
-
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> FinishedRun:
     """One real run of TINY through the CLI (20 stages: both model families, two pre-training
     sizes, two transfer sets), shared by every test that reads finished results: run it once
     per session, never again per module. Read it as it is; a test that changes results works
     on a copy (`shutil.copytree(tiny_run.results, tmp_path / ...)`)."""
-    from click.testing import CliRunner
-
-    from vitrun.cli import main
-
-    folder = tmp_path_factory.mktemp("tiny-run")
-    recipe = folder / "tiny.toml"
-    recipe.write_text(TINY)
-    results = folder / "results"
-    result = CliRunner().invoke(main, ["recipe", str(recipe), "--results", str(results)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return FinishedRun(recipe, results, result.output)
+    return run_recipe(tmp_path_factory.mktemp("tiny-run"), TINY)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.tiny import run_recipe
 from vitrun.cli import main
 from vitrun.engine import Interrupted
 from vitrun.engine.device import place
@@ -68,13 +69,8 @@ def _records(results, kind):
 
 @pytest.fixture(scope="module")
 def objectives_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("objectives")
-    recipe = folder / "objectives.toml"
-    recipe.write_text(OBJECTIVES)
-    results = folder / "results"
-    result = CliRunner().invoke(main, ["recipe", str(recipe), "--results", str(results)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return results, result.output
+    run = run_recipe(tmp_path_factory.mktemp("objectives"), OBJECTIVES, "objectives.toml")
+    return run.results, run.output
 
 
 def test_every_objective_runs_and_is_reported(objectives_run):
